@@ -1,0 +1,1 @@
+"""Board tops (ULX3S, iCEBreaker), UART host link, YoWASP builds and report parsing."""

@@ -1,0 +1,1 @@
+"""NumPy golden models: ``fixedpoint`` (the numeric contract) and one module per unit."""

@@ -1,0 +1,1 @@
+"""Common RTL blocks: streams, MAC array / GEMM engine, requantiser, LOD, reciprocal."""

@@ -1,0 +1,1 @@
+"""Simulation: stream harness (Amaranth simulator and cocotb), runner, testbenches."""
