@@ -14,24 +14,20 @@ board) and ``compare(want, got)`` (list of mismatch descriptions, empty when bit
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 __all__ = ["get", "names"]
 
-# name -> module (imported lazily so `vitaccel --help` stays fast)
-_UNITS = {
-    "gemm": "vitaccel.units.gemm",
-}
-
 
 def names() -> list[str]:
-    """Registered unit names, sorted."""
-    return sorted(_UNITS)
+    """Registered unit names, sorted: every public module of this package is a unit (imported
+    lazily, so `vitaccel --help` stays fast)."""
+    return sorted(info.name for info in pkgutil.iter_modules(__path__)
+                  if not info.name.startswith("_"))
 
 
 def get(name: str):
     """The unit module called ``name``; ``ValueError`` listing the known units otherwise."""
-    try:
-        module = _UNITS[name]
-    except KeyError:
-        raise ValueError(f"unknown unit {name!r}; known units: {', '.join(names())}") from None
-    return importlib.import_module(module)
+    if name not in names():
+        raise ValueError(f"unknown unit {name!r}; known units: {', '.join(names())}")
+    return importlib.import_module(f"{__name__}.{name}")

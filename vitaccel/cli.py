@@ -1,0 +1,291 @@
+"""`vitaccel`: generate Verilog, simulate against the golden model, lint, build bitstreams, report.
+
+A thin layer over :mod:`vitaccel.units`; every subcommand takes ``--set key=value`` to change the
+unit's Config (validated; a bad value is one clear error line). Results of ``sim`` and ``build``
+are kept as JSON under ``build/results/`` and gathered by ``report``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from vitaccel import units
+
+RESULTS = Path("build/results")
+BOARDS = ("ulx3s", "icebreaker")
+SIMULATORS = ("verilator", "icarus", "amaranth")
+
+
+class CLIError(Exception):
+    """An error reported as one line, without a traceback."""
+
+
+def _progress(message: str):
+    print(f"[vitaccel] {message}", file=sys.stderr, flush=True)
+
+
+def _config(unit, args, board=None):
+    from vitaccel.units._common import replace
+    cfg = unit.board_config(board) if board else unit.Config()
+    changes = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise CLIError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        changes[key.strip()] = value.strip()
+    return replace(cfg, **changes) if changes else cfg
+
+
+def _save(kind: str, unit: str, payload: dict, board: str | None = None) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = f"{unit}-{kind}" + (f"-{board}" if board else "") + ".json"
+    path = RESULTS / name
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_jsonable))
+    return path
+
+
+def _jsonable(obj):
+    import dataclasses
+
+    import numpy as np
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+# --- subcommands ------------------------------------------------------------------------------
+
+def cmd_list(args):
+    for name in units.names():
+        doc = (units.get(name).__doc__ or "").strip().splitlines()[0]
+        print(f"{name:10s} {doc}")
+
+
+def cmd_verilog(args):
+    from amaranth.back import verilog
+    unit = units.get(args.unit)
+    cfg = _config(unit, args, args.board)
+    text = verilog.convert(unit.component(cfg), name=args.name, emit_src=False)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out} ({len(text.splitlines())} lines) for {args.unit} {cfg}")
+
+
+def cmd_lint(args):
+    from amaranth.back import verilog
+
+    from vitaccel.sim import tools
+    unit = units.get(args.unit)
+    cfg = _config(unit, args, args.board)
+    path = Path("build/lint") / f"{args.unit}.v"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(verilog.convert(unit.component(cfg), name="top", emit_src=False))
+    ok, text = tools.lint_verilog(path)
+    if text.strip():
+        print(text.rstrip())
+    if not ok:
+        raise CLIError(f"verilator --lint-only failed on {path}")
+    print(f"lint ok: {path} (verilator --lint-only -Wno-fatal)")
+
+
+def run_sim(unit_name: str, cfg, simulator: str, seed: int, stalls: bool, waves: bool,
+            quiet: bool = False) -> dict:
+    """Simulate a unit on its random demo inputs, compare with the golden model, save stats."""
+    unit = units.get(unit_name)
+    inputs = unit.random_inputs(cfg, seed)
+    want = unit.golden(cfg, **inputs)
+    if not quiet:
+        _progress(f"simulating {unit_name} on {simulator} (seed {seed}, "
+                  f"{'random stalls' if stalls else 'no stalls'})")
+    start = time.time()
+    got, stats = unit.simulate(cfg, **inputs, simulator=simulator,
+                               stalls=seed if stalls else False, waves=waves)
+    problems = unit.compare(want, got)
+    record = {"unit": unit_name, "simulator": simulator, "seed": seed, "stalls": stalls,
+              "config": cfg, "bit_exact": not problems, "mismatches": problems,
+              "stats": stats, "seconds": round(time.time() - start, 2)}
+    if not stalls:   # only stall-free runs are performance figures
+        _save("sim", unit_name, record)
+    return record
+
+
+def cmd_sim(args):
+    unit = units.get(args.unit)
+    cfg = _config(unit, args)
+    record = run_sim(args.unit, cfg, args.sim, args.seed, not args.no_stalls, args.waves)
+    stats = ", ".join(f"{k}={_fmt(v)}" for k, v in record["stats"].items())
+    if record["mismatches"]:
+        for line in record["mismatches"]:
+            print(f"MISMATCH {line}")
+        raise CLIError(f"{args.unit}: RTL differs from the golden model "
+                       f"(re-run with --waves for a waveform)")
+    print(f"{args.unit}: RTL == golden, bit-exact on {args.sim} ({stats})")
+
+
+def _fmt(v):
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def run_build(unit_name: str, cfg, board: str, freq: float | None) -> dict:
+    from vitaccel.boards import build as board_build
+    unit = units.get(unit_name)
+    report = board_build.build_unit(unit_name, unit.component(cfg), board, freq_mhz=freq,
+                                    progress=_progress)
+    report["unit"] = unit_name
+    report["config"] = cfg
+    _save("build", unit_name, report, board)
+    return report
+
+
+def cmd_build(args):
+    from vitaccel.boards import build as board_build
+    unit = units.get(args.unit)
+    cfg = _config(unit, args, args.board)
+    report = run_build(args.unit, cfg, args.board, args.freq)
+    print(board_build.format_report(report))
+
+
+def collect_results(results_dir: Path = RESULTS) -> dict:
+    rows = {}
+    for path in sorted(Path(results_dir).glob("*.json")):
+        data = json.loads(path.read_text())
+        rows[path.stem] = data
+    return rows
+
+
+def format_table(results: dict) -> str:
+    lines = ["| unit | what | cycles | utilisation | LUT | DSP | BRAM | Fmax MHz | target MHz |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        if "stats" in r:
+            s = r["stats"]
+            util = s.get("mac_utilisation")
+            lines.append(f"| {r['unit']} | sim ({r['simulator']}) | {s.get('cycles', '')} | "
+                         f"{'' if util is None else f'{util:.1%}'} | | | | | |")
+        elif "fmax_mhz" in r:
+            lines.append(f"| {r['unit']} | {r['board']} | | | {r.get('luts', '')} | "
+                         f"{r.get('dsps', '')} | {r.get('brams', '')} | "
+                         f"{r['fmax_mhz']:.1f} | {r.get('target_mhz', '')} |")
+    return "\n".join(lines)
+
+
+def cmd_report(args):
+    results = collect_results(Path(args.results))
+    if not results:
+        raise CLIError(f"no results under {args.results}: run `vitaccel sim` or `vitaccel build` "
+                       f"first (or `make demo`)")
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True))
+        print(f"wrote {args.json}")
+
+
+def cmd_demo(args):
+    """Verilog, simulation against the golden model, a ULX3S bitstream and the report, for every
+    unit, on built-in defaults."""
+    names = args.units or units.names()
+    for name in names:
+        unit = units.get(name)
+        cfg = unit.demo_config() if hasattr(unit, "demo_config") else unit.Config()
+        ns = argparse.Namespace(unit=name, set=[], board=None, name="top",
+                                output=f"build/verilog/{name}.v")
+        cmd_verilog(ns)
+        for stalls in (True, False):
+            record = run_sim(name, cfg, args.sim, seed=1, stalls=stalls, waves=False)
+            if record["mismatches"]:
+                raise CLIError(f"{name}: RTL differs from golden: {record['mismatches'][0]}")
+        print(f"{name}: RTL == golden on {args.sim} with and without stalls; "
+              f"cycles {record['stats']['cycles']}")
+        if not args.no_build:
+            report = run_build(name, unit.board_config("ulx3s"), "ulx3s", None)
+            from vitaccel.boards import build as board_build
+            print(board_build.format_report(report))
+    print()
+    cmd_report(argparse.Namespace(results=str(RESULTS), json="build/results/report.json"))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="vitaccel",
+        description="Vision-transformer accelerator units in Amaranth HDL: generate Verilog, "
+                    "simulate against NumPy golden models (cocotb + Verilator), lint, build "
+                    "bitstreams with YoWASP, report cycles/resources/Fmax.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def unit_parser(name, help_text, **kw):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("unit", choices=units.names(), help="unit name")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a Config field (repeatable), e.g. --set rows=4")
+        return p
+
+    p = sub.add_parser("list", help="list the units")
+    p.set_defaults(func=cmd_list)
+
+    p = unit_parser("verilog", "write the unit's Verilog")
+    p.add_argument("-o", "--output", required=True, help="output .v file")
+    p.add_argument("--name", default="top", help="top module name (default: top)")
+    p.add_argument("--board", choices=BOARDS, help="start from that board's default config")
+    p.set_defaults(func=cmd_verilog)
+
+    p = unit_parser("sim", "simulate the RTL on random data and compare with the golden model")
+    p.add_argument("--sim", choices=SIMULATORS, default="verilator",
+                   help="simulator (default: verilator, via cocotb)")
+    p.add_argument("--waves", action="store_true", help="dump a waveform (FST/VCD)")
+    p.add_argument("--seed", type=int, default=1, help="seed for data and stalls (default 1)")
+    p.add_argument("--no-stalls", action="store_true",
+                   help="no random valid gaps / ready back-pressure (cycle counts for benchmarks)")
+    p.set_defaults(func=cmd_sim)
+
+    p = unit_parser("lint", "run verilator --lint-only -Wno-fatal on the generated Verilog")
+    p.add_argument("--board", choices=BOARDS, help="start from that board's default config")
+    p.set_defaults(func=cmd_lint)
+
+    p = unit_parser("build", "build a bitstream with YoWASP and print utilisation and Fmax")
+    p.add_argument("--board", choices=BOARDS, required=True, help="target board")
+    p.add_argument("--freq", type=float, metavar="MHZ",
+                   help="ask nextpnr for this clock (default: the board clock); "
+                        "the achieved Fmax is reported either way")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("report", help="table + JSON of every sim and build result so far")
+    p.add_argument("--results", default=str(RESULTS), help="results folder (default build/results)")
+    p.add_argument("--json", help="also write the combined results to this JSON file")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="the main job on built-in defaults: Verilog, simulation vs "
+                                    "golden, ULX3S bitstream, report")
+    p.add_argument("units", nargs="*", help="units (default: all)")
+    p.add_argument("--sim", choices=SIMULATORS, default="verilator")
+    p.add_argument("--no-build", action="store_true", help="skip the bitstream builds")
+    p.set_defaults(func=cmd_demo)
+
+    args = parser.parse_args(argv)
+    if os.environ.get("VITACCEL_DEBUG"):      # full tracebacks for developers
+        args.func(args)
+        return 0
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, TypeError, OSError) as exc:
+        print(f"vitaccel {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:   # simulation / build failures: still one line, with the type
+        print(f"vitaccel {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
