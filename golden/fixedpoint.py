@@ -17,9 +17,11 @@ Conventions
 * **Leading one**: ``leading_one(x)`` of a non-negative integer gives ``(exponent, is_zero)`` with
   ``exponent = floor(log2 x)`` (0 when ``x == 0``, flagged by ``is_zero``).
 
-All functions accept Python ints or NumPy integer arrays and compute exactly (int64 where the
-widths allow, Python ints otherwise); results come back as int64 arrays (or Python ints for
-scalars).
+All functions accept Python ints or NumPy integer arrays (including uint64 and object arrays of
+Python ints) and compute exactly: int64 where the values allow, Python ints where an intermediate
+would overflow (e.g. a 64-bit accumulator times the multiplier), never a silent wrap. Results come
+back as int64 arrays (Python ints for scalars); only a result that itself exceeds int64 (an
+unsigned 64-bit saturation bound) comes back as an object array of Python ints.
 """
 from __future__ import annotations
 

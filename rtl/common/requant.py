@@ -1,0 +1,121 @@
+"""Requantiser: ``saturate(rshift_round(acc * multiplier, shift), out_width)`` on a lane vector.
+
+Golden twin: :func:`vitaccel.golden.fixedpoint.requantize` (RHU rounding, saturation), bit for bit.
+
+Pipeline (latency 4 cycles from an accepted input beat to the output beat, throughput one beat per
+cycle while the sink is ready)::
+
+    S0  register the lanes together with ``multiplier`` and ``shift``   (DSP input registers)
+    S1  p = acc * multiplier                                             (DSP output register)
+    S2  t = (p << 1) >>> shift        = floor(p / 2**(shift-1))           (barrel shifter only)
+    S3  r = (t + 1) >> 1 and saturate = floor((p + 2**(shift-1)) / 2**shift)
+
+S3 does not need a full-width adder: the saturation test is done on ``t`` directly
+(``r > hi  <=>  t >= 2*hi + 1`` and ``r < lo  <=>  t <= 2*lo - 2``), and when neither holds the
+result fits ``out_width`` bits, so only the low ``out_width + 1`` bits of ``t`` are incremented.
+
+Flow control is one enable for the whole pipe, ``en = ~o.valid | o.ready``: every stage advances
+when the output register is empty or being emptied. ``valid`` is a register and never depends on
+``ready``; ``i.ready`` is ``en`` (a combinational path from ``o.ready``, which is allowed).
+``multiplier`` and ``shift`` are sampled with each beat in S0, so they may change between beats.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["Requantizer", "SHIFT_WIDTH"]
+
+#: Width of the ``shift`` port: shifts 0..63, as :data:`fixedpoint.MAX_SHIFT`.
+SHIFT_WIDTH = 6
+
+
+class Requantizer(wiring.Component):
+    """Per-lane requantisation of signed accumulators to signed ``out_width`` integers.
+
+    Parameters
+    ----------
+    lanes : int
+        Number of lanes in one beat (all share ``multiplier`` and ``shift``).
+    in_width, out_width : int
+        Signed widths of the accumulators and of the results.
+    multiplier_bits : int
+        Width of the unsigned ``multiplier`` (``fixedpoint.MULTIPLIER_BITS`` by default).
+
+    Ports
+    -----
+    i : In(stream of ArrayLayout(signed(in_width), lanes))
+    o : Out(stream of ArrayLayout(signed(out_width), lanes))
+    multiplier : In(unsigned(multiplier_bits)), shift : In(unsigned(6))
+        From :func:`fixedpoint.quantize_multiplier`; sampled with every accepted beat.
+    """
+
+    LATENCY = 4
+
+    def __init__(self, lanes: int, in_width: int = 32, out_width: int = 8,
+                 multiplier_bits: int = 16):
+        for name, value, least in (("lanes", lanes, 1), ("in_width", in_width, 1),
+                                   ("out_width", out_width, 2),
+                                   ("multiplier_bits", multiplier_bits, 1)):
+            if not isinstance(value, int) or value < least:
+                self._MustUse__used = True     # a rejected construction is not an unused design
+                raise ValueError(f"Requantizer.{name} must be an integer >= {least}, got {value!r}")
+        self.lanes = lanes
+        self.in_width = in_width
+        self.out_width = out_width
+        self.multiplier_bits = multiplier_bits
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(signed(in_width), lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(out_width), lanes))),
+            "multiplier": In(unsigned(multiplier_bits)),
+            "shift": In(unsigned(SHIFT_WIDTH)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes, iw, ow, mb = self.lanes, self.in_width, self.out_width, self.multiplier_bits
+        pw = iw + mb                      # signed x unsigned product fits iw + mb signed bits
+        lo, hi = -(1 << (ow - 1)), (1 << (ow - 1)) - 1
+
+        en = Signal()
+        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+
+        # S0: inputs and their parameters
+        v0 = Signal()
+        acc0 = [Signal(signed(iw), name=f"acc0_{k}") for k in range(lanes)]
+        mul0 = Signal(unsigned(mb))
+        sh0 = Signal(unsigned(SHIFT_WIDTH))
+        # S1: products
+        v1 = Signal()
+        prod1 = [Signal(signed(pw), name=f"prod1_{k}") for k in range(lanes)]
+        sh1 = Signal(unsigned(SHIFT_WIDTH))
+        # S2: t = floor(p / 2**(shift-1)), one more bit than p for the doubling
+        v2 = Signal()
+        t2 = [Signal(signed(pw + 1), name=f"t2_{k}") for k in range(lanes)]
+
+        with m.If(en):
+            m.d.sync += [
+                v0.eq(self.i.valid),
+                mul0.eq(self.multiplier),
+                sh0.eq(self.shift),
+                v1.eq(v0),
+                sh1.eq(sh0),
+                v2.eq(v1),
+                self.o.valid.eq(v2),
+            ]
+            for k in range(lanes):
+                # Signed x unsigned: Amaranth widens the unsigned operand, so the product is exact.
+                m.d.sync += [
+                    acc0[k].eq(self.i.payload[k]),
+                    prod1[k].eq(acc0[k] * mul0),
+                    # ``>>`` on a signed value is arithmetic, i.e. a floor division by 2**shift.
+                    t2[k].eq(Cat(Const(0, 1), prod1[k]).as_signed() >> sh1),
+                ]
+                t = t2[k]
+                rounded = Signal(unsigned(ow + 1), name=f"rounded_{k}")
+                m.d.comb += rounded.eq(t[:ow + 1] + 1)
+                m.d.sync += self.o.payload[k].eq(
+                    Mux(t >= 2 * hi + 1, hi,
+                        Mux(t <= 2 * lo - 2, lo, rounded[1:].as_signed())))
+        return m
