@@ -138,8 +138,11 @@ def _fmt(v):
 def run_build(unit_name: str, cfg, board: str, freq: float | None) -> dict:
     from vitaccel.boards import build as board_build
     unit = units.get(unit_name)
-    report = board_build.build_unit(unit_name, unit.component(cfg), board, freq_mhz=freq,
-                                    progress=_progress)
+    from vitaccel.boards.platforms import board_top
+    from vitaccel.boards.hostlink import unit_id_of
+    top = board_top(unit.component(cfg), board, unit_id=unit_id_of(unit_name))
+    report = board_build.build(top, board, freq_mhz=freq, build_dir=f"build/boards/{unit_name}",
+                               progress=_progress)
     report["unit"] = unit_name
     report["config"] = cfg
     _save("build", unit_name, report, board)

@@ -7,7 +7,9 @@ tile: the final sums go straight into a result bank (so the accumulators are fre
 tile on the following cycle) and leave on ``result`` one array row per beat, ``cols`` int32 lanes,
 ``nrows`` beats for the tile (tail tiles emit fewer rows).
 
-Pipeline: operands -> [multiply] -> [accumulate / write result bank]. The only stall is a tile that
+Pipeline: operands -> [operand registers] -> [multiply] -> [accumulate / write result bank]. The
+operand registers cut the path from whatever feeds the array (block RAM outputs are slow on ECP5)
+to the DSP multipliers. The only stall is a tile that
 ends while the result bank still holds the previous tile; with ``rows <= K`` that never happens, so
 a long GEMM keeps every MAC busy on every cycle.
 """
@@ -58,6 +60,10 @@ class MACArray(wiring.Component):
         R, C, W = self.rows, self.cols, self.acc_width
         ops = self.operands.payload
 
+        # Stage 0: operand registers.
+        o_valid = Signal()
+        o_ops = Signal.like(ops)
+
         # Stage 1: products (registered so the multiplier maps onto a DSP with a short path).
         p_valid = Signal()
         p_first = Signal()
@@ -80,14 +86,16 @@ class MACArray(wiring.Component):
 
         with m.If(advance):
             m.d.sync += [
-                p_valid.eq(self.operands.valid),
-                p_first.eq(ops.first),
-                p_last.eq(ops.last),
-                p_nrows.eq(ops.nrows),
+                o_valid.eq(self.operands.valid),
+                o_ops.eq(ops),
+                p_valid.eq(o_valid),
+                p_first.eq(o_ops.first),
+                p_last.eq(o_ops.last),
+                p_nrows.eq(o_ops.nrows),
             ]
             for r in range(R):
                 for c in range(C):
-                    m.d.sync += prod[r][c].eq(ops.a[r] * ops.b[c])
+                    m.d.sync += prod[r][c].eq(o_ops.a[r] * o_ops.b[c])
 
         with m.If(advance & p_valid):
             for r in range(R):
@@ -109,5 +117,5 @@ class MACArray(wiring.Component):
                 for c in range(C):
                     m.d.sync += bank[r][c].eq(bank[r + 1][c])
 
-        m.d.comb += self.active.eq(p_valid | (bank_count != 0))
+        m.d.comb += self.active.eq(o_valid | p_valid | (bank_count != 0))
         return m
