@@ -1,0 +1,176 @@
+"""Per-head integer LayerNorm and its inverse-square-root unit.
+
+Golden twin: ``golden.heatvit.layernorm_q`` (and ``isqrt`` / ``inv_sqrt``), bit for bit. For each
+group of ``d`` int8 values (one head of one token)::
+
+    s = sum x, q = sum x^2, v = d*q - s^2 + eps_int           (d^2 * variance + eps, exact)
+    r = isqrt(div_round(2^(2 LN_R), v))                        (shared Reciprocal, then ISqrt)
+    y_j = sat8(rhu((d*x_j - s) * r, LN_R - LN_Y))              (shared Requantizer, multiplier r)
+
+The LayerNorm affine (gamma, beta) is folded into the next Linear layer by the weight converter,
+so the hardware only normalises. ``d`` is a power of two, so ``d*q`` and ``d*x_j`` are shifts.
+The group is held in a ``d``-entry buffer with an asynchronous read port (distributed RAM: it is
+64 bytes for DeiT), read a second time for the normalisation pass. Timing per group: ``d`` input
+beats, 2 cycles for ``v``, the reciprocal (``2*LN_R + 5`` cycles), the square root (``LN_R + 3``),
+then ``d`` output beats (one per cycle when unstalled).
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Signal, signed, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from vitaccel.golden.heatvit import LN_R, LN_Y
+from vitaccel.rtl.common.divider import Reciprocal
+from vitaccel.rtl.common.requant import Requantizer
+
+__all__ = ["ISqrt", "LayerNorm"]
+
+
+class ISqrt(wiring.Component):
+    """``floor(sqrt(x))`` of an unsigned ``width``-bit stream value, two radicand bits per cycle.
+
+    Restoring digit recurrence: ``rem = 4 rem + next two bits``; ``trial = 4 root + 1``; if
+    ``rem >= trial`` subtract and shift a 1 into the root, else shift a 0. ``ceil(width / 2)``
+    iterations; one root in flight; ``latency = iterations + 2`` cycles from handshake to valid.
+    """
+
+    def __init__(self, width: int):
+        if not isinstance(width, int) or width < 2:
+            self._MustUse__used = True
+            raise ValueError(f"ISqrt.width must be an integer >= 2, got {width!r}")
+        self.width = width + (width & 1)        # pad to whole bit pairs
+        self.iterations = self.width // 2
+        self.latency = self.iterations + 2
+        super().__init__({
+            "i": In(stream.Signature(unsigned(width))),
+            "o": Out(stream.Signature(unsigned(self.iterations))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        w, n = self.width, self.iterations
+        rad = Signal(unsigned(w))
+        rem = Signal(unsigned(n + 2))
+        root = Signal(unsigned(n))
+        count = Signal(range(n))
+        rem4 = Signal(unsigned(n + 4))
+        trial = Signal(unsigned(n + 2))
+        diff = Signal(signed(n + 5))
+        m.d.comb += [
+            rem4.eq(Cat(rad[w - 2:], rem)),
+            trial.eq(Cat(Const(1, 2), root)),
+            diff.eq(rem4 - trial),
+        ]
+        with m.FSM(name="isqrt"):
+            with m.State("IDLE"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    m.d.sync += [rad.eq(self.i.payload), rem.eq(0), root.eq(0), count.eq(n - 1)]
+                    m.next = "ITERATE"
+            with m.State("ITERATE"):
+                m.d.sync += [rad.eq(rad << 2), count.eq(count - 1)]
+                with m.If(diff >= 0):
+                    m.d.sync += [rem.eq(diff), root.eq(Cat(Const(1, 1), root))]
+                with m.Else():
+                    m.d.sync += [rem.eq(rem4), root.eq(Cat(Const(0, 1), root))]
+                with m.If(count == 0):
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(root)]
+                with m.If(self.o.ready):
+                    m.next = "IDLE"
+        return m
+
+
+class LayerNorm(wiring.Component):
+    """Integer LayerNorm over groups of ``d`` int8 beats.
+
+    Ports: ``i`` In(stream of signed(8)), ``d`` beats per group; ``o`` Out(stream of signed(8)),
+    ``d`` normalised beats per group (Q``LN_Y``); ``sums`` Out(stream of signed), one beat per group
+    carrying ``s`` (the head mean for the importance branch is ``rhu(s, log2 d)``); ``eps`` In:
+    ``eps_int`` (held).
+    """
+
+    def __init__(self, d: int, eps_width: int = 24):
+        if not isinstance(d, int) or d < 2 or d & (d - 1):
+            self._MustUse__used = True
+            raise ValueError(f"LayerNorm.d must be a power of two >= 2, got {d!r}")
+        self.d = d
+        self.log2_d = d.bit_length() - 1
+        self.sum_width = 8 + self.log2_d + 1
+        self.v_width = max(2 * self.sum_width, 2 * 8 + 2 * self.log2_d, eps_width) + 1
+        self._recip = Reciprocal(frac_bits=2 * LN_R, den_width=self.v_width, out_width=2 * LN_R + 1)
+        self._isqrt = ISqrt(2 * LN_R + 1)
+        self._rq = Requantizer(1, in_width=8 + self.log2_d + 2, out_width=8,
+                               multiplier_bits=LN_R + 1)
+        super().__init__({
+            "i": In(stream.Signature(signed(8))),
+            "o": Out(stream.Signature(signed(8))),
+            "sums": Out(stream.Signature(signed(self.sum_width))),
+            "eps": In(unsigned(eps_width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        d, lg = self.d, self.log2_d
+        m.submodules.recip = recip = self._recip
+        m.submodules.isqrt = isqrt = self._isqrt
+        m.submodules.rq = rq = self._rq
+        m.submodules.buf = buf = Memory(shape=signed(8), depth=d, init=[])
+        wr = buf.write_port()
+        rd = buf.read_port(domain="comb")
+
+        idx = Signal(range(d))
+        s = Signal(signed(self.sum_width))
+        q = Signal(unsigned(2 * 8 + lg))
+        ssq = Signal(unsigned(2 * self.sum_width))
+        r = Signal(unsigned(LN_R + 1))
+
+        m.d.comb += [
+            wr.addr.eq(idx), wr.data.eq(self.i.payload),
+            rd.addr.eq(idx),
+            # recip -> isqrt: the root is r
+            isqrt.i.valid.eq(recip.o.valid), isqrt.i.payload.eq(recip.o.payload.value),
+            recip.o.ready.eq(isqrt.i.ready),
+            # the normalisation pass: (d*x - s) * r, rounded by the shared requantiser
+            rq.multiplier.eq(r), rq.shift.eq(LN_R - LN_Y),
+            rq.i.payload[0].eq((rd.data << lg) - s),
+            self.o.valid.eq(rq.o.valid), self.o.payload.eq(rq.o.payload[0]),
+            rq.o.ready.eq(self.o.ready),
+        ]
+        with m.If(self.sums.ready):
+            m.d.sync += self.sums.valid.eq(0)
+
+        with m.FSM(name="layernorm"):
+            with m.State("ACCUMULATE"):
+                # the previous group's sum must have left before this group's replaces it
+                m.d.comb += self.i.ready.eq(~self.sums.valid)
+                with m.If(self.i.valid & ~self.sums.valid):
+                    x = self.i.payload
+                    m.d.comb += wr.en.eq(1)
+                    m.d.sync += [s.eq(s + x), q.eq(q + x * x), idx.eq(idx + 1)]
+                    with m.If(idx == d - 1):
+                        m.next = "SQUARE"
+            with m.State("SQUARE"):
+                m.d.sync += [ssq.eq(s * s), self.sums.valid.eq(1), self.sums.payload.eq(s)]
+                m.next = "RECIPROCAL"
+            with m.State("RECIPROCAL"):
+                m.d.comb += [recip.i.valid.eq(1),
+                             recip.i.payload.eq((q << lg) - ssq + self.eps)]
+                with m.If(recip.i.ready):
+                    m.next = "ROOT"
+            with m.State("ROOT"):
+                m.d.comb += isqrt.o.ready.eq(1)
+                with m.If(isqrt.o.valid):
+                    m.d.sync += r.eq(isqrt.o.payload)
+                    m.next = "NORMALISE"
+            with m.State("NORMALISE"):
+                m.d.comb += rq.i.valid.eq(1)
+                with m.If(rq.i.ready):
+                    m.d.sync += idx.eq(idx + 1)
+                    with m.If(idx == d - 1):
+                        m.d.sync += [s.eq(0), q.eq(0)]
+                        m.next = "ACCUMULATE"
+        return m

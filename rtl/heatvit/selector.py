@@ -1,0 +1,797 @@
+"""The HeatViT token selector: one MAC array, one GELU, one LayerNorm, sequenced layer by layer.
+
+Golden twin: ``golden.heatvit.selector_int``, bit for bit on ``tokens_out``, ``keep``, ``n_next``.
+
+Streams (in order of use)
+-------------------------
+``cmd``      one beat {n, has_package} per image; ``n`` = candidate tokens (1..n_max).
+``weights``  the weight memory image: ``weights_depth`` beats of ``cols`` int8 lanes (every run).
+``biases``   the bias memory image: ``biases_depth`` beats of ``cols`` int32 lanes (every run).
+``tokens``   (n+1) x D int8, row-major, one int8 per beat (row 0 = CLS).
+``keep``     n beats (1 = kept), ``tokens_out`` n_next x D int8 beats, ``n_next`` one beat.
+``params``   plain input (held): the requantisation constants of :func:`params_layout`.
+
+The memory images are built by :func:`vitaccel.units.heatvit.memory_images` from a ``Weights``;
+the layout (regions, lanes) is :class:`Plan`'s.
+
+Schedule per image
+------------------
+load weights, biases, tokens -> for each head i: LayerNorm of head i over all tokens (writes Y and
+the head means E) -> L1 = GEMM(Y, W1) + GELU (writes U, sums the global half) -> g = mean of the
+global half (one reciprocal of n per image) -> L2G = GEMM(g, W2[:, d/2:]) + b2 written as the
+head's L2 bias -> L2 = GEMM(U[:, :d/2], W2[:, :d/2]) + GELU -> L3 + GELU -> L4 -> dz = requant(z0 -
+z1) -> after all heads: V1 + GELU, V2 -> requant -> sigmoid = head weights -> per-token decision,
+keep score (divider) -> package accumulation -> reciprocal -> output [CLS, kept, package].
+
+GEMMs run on the shared :class:`~vitaccel.rtl.common.mac_array.MACArray` (``rows`` tokens x
+``cols`` output channels per tile). Activations live in one scratchpad of ``rows``-byte words
+(token t in byte lane t % rows at ``base + (t // rows) * stride + k``), so one read feeds a whole
+k-step; weights in ``cols``-byte words (output o in lane o % cols at ``base + (o // cols) * K +
+k``). The array's result beats are post-processed one value per cycle (bias add, then GELU /
+logit requantiser / head sigmoid / bias write-back), which bounds the MLP phase when
+``rows * cols > K``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from vitaccel.golden.heatvit import PKG_FRAC, RN_FRAC
+from vitaccel.rtl.common.divider import Divider, Reciprocal
+from vitaccel.rtl.common.mac_array import MACArray
+from vitaccel.rtl.common.requant import SHIFT_WIDTH, Requantizer
+
+from .gelu import GELU
+from .layernorm import LayerNorm
+from .sigmoid import plan_sigmoid
+
+__all__ = ["Selector", "Plan", "params_layout", "cmd_layout", "GELU_LAYERS"]
+
+GELU_LAYERS = ("l1", "l2", "l3", "h1")     # layers followed by a GELU, in params order
+MB = 16                                      # requantiser multiplier bits (fixedpoint.MULTIPLIER_BITS)
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def params_layout():
+    fields = {}
+    for name in GELU_LAYERS:
+        fields.update({f"{name}_in_mul": unsigned(MB), f"{name}_in_shift": unsigned(SHIFT_WIDTH),
+                       f"{name}_out_mul": unsigned(MB), f"{name}_out_shift": unsigned(SHIFT_WIDTH)})
+    fields.update({"logit_mul": unsigned(MB), "logit_shift": unsigned(SHIFT_WIDTH),
+                   "head_mul": unsigned(MB), "head_shift": unsigned(SHIFT_WIDTH),
+                   "gelu_a": signed(16), "gelu_one": unsigned(15), "eps": unsigned(24)})
+    return data.StructLayout(fields)
+
+
+def cmd_layout(n_max):
+    return data.StructLayout({"n": range(n_max + 1), "has_package": 1})
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    mode: str          # "gelu", "bias", "logit", "head"
+    gelu: int          # index into GELU_LAYERS (gelu mode)
+    in_base: int
+    in_stride: int
+    K: int
+    out: int
+    w_base: int
+    b_base: int
+    out_base: int      # act region (gelu), bias word base (bias)
+    out_stride: int
+    single_row: bool   # rows = 1 (the L2G bias GEMM) instead of n
+
+
+class Plan:
+    """Memory regions and the layer table for one configuration."""
+
+    def __init__(self, D, heads, n_max, shared, rows, cols):
+        h, d = heads, D // heads
+        self.D, self.h, self.d, self.n_max, self.R, self.C = D, h, d, n_max, rows, cols
+        self.shared = shared
+        G = _cdiv(n_max, rows)
+        # activation scratchpad regions (word = rows bytes)
+        a = {}
+        top = 0
+        for name, stride in (("Y", d), ("U", d), ("A2", d // 2), ("A3", d // 4), ("E", h),
+                             ("EH", h // 2), ("G", d // 2)):
+            a[name] = top
+            top += (1 if name == "G" else G) * stride
+        self.act, self.act_depth = a, top
+        # weights (word = cols bytes): per head-set
+        hs = 1 if shared else h
+        wshapes = {"w1": (d, d), "w2l": (d // 2, d // 2), "w2g": (d // 2, d // 2),
+                   "w3": (d // 4, d // 2), "w4": (2, d // 4)}
+        self.w = {}
+        top = 0
+        for i in range(hs):
+            for name, (o, k) in wshapes.items():
+                self.w[(name, i)] = top
+                top += _cdiv(o, cols) * k
+        for name, (o, k) in (("v1", (h // 2, h)), ("v2", (h, h // 2))):
+            self.w[(name, 0)] = top
+            top += _cdiv(o, cols) * k
+        self.weights_depth = top
+        # biases (word = cols int32)
+        self.b = {}
+        top = 0
+        for i in range(hs):
+            for name, o in (("b1", d), ("b2", d // 2), ("b3", d // 4), ("b4", 2)):
+                self.b[(name, i)] = top
+                top += _cdiv(o, cols)
+        for name, o in (("c1", h // 2), ("c2", h)):
+            self.b[(name, 0)] = top
+            top += _cdiv(o, cols)
+        self.bias2 = top                       # written at run time: W2_G g + b2 of the head
+        top += _cdiv(d // 2, cols)
+        self.biases_depth = top
+        self.wshapes = wshapes
+
+    def head_layers(self, i):
+        j = 0 if self.shared else i
+        d, a = self.d, self.act
+        w, b = self.w, self.b
+        return [
+            Layer("l1", "gelu", 0, a["Y"], d, d, d, w[("w1", j)], b[("b1", j)], a["U"], d, False),
+            Layer("l2g", "bias", 0, a["G"], d // 2, d // 2, d // 2, w[("w2g", j)], b[("b2", j)],
+                  self.bias2, 0, True),
+            Layer("l2", "gelu", 1, a["U"], d, d // 2, d // 2, w[("w2l", j)], self.bias2, a["A2"],
+                  d // 2, False),
+            Layer("l3", "gelu", 2, a["A2"], d // 2, d // 2, d // 4, w[("w3", j)], b[("b3", j)],
+                  a["A3"], d // 4, False),
+            Layer("l4", "logit", 0, a["A3"], d // 4, d // 4, 2, w[("w4", j)], b[("b4", j)], 0, 0,
+                  False),
+        ]
+
+    def tail_layers(self):
+        h, a, w, b = self.h, self.act, self.w, self.b
+        return [
+            Layer("v1", "gelu", 3, a["E"], h, h, h // 2, w[("v1", 0)], b[("c1", 0)], a["EH"],
+                  h // 2, False),
+            Layer("v2", "head", 0, a["EH"], h // 2, h // 2, h, w[("v2", 0)], b[("c2", 0)], 0, 0,
+                  False),
+        ]
+
+
+class Selector(wiring.Component):
+    def __init__(self, D, heads, n_max, shared=True, rows=8, cols=8, decision="logit",
+                 normalize_package=True, sigmoid="plan"):
+        if cols < 2:
+            self._MustUse__used = True
+            raise ValueError("Selector.cols must be >= 2 (z0 and z1 share one result beat)")
+        self.plan = Plan(D, heads, n_max, shared, rows, cols)
+        self.D, self.h, self.d, self.n_max = D, heads, D // heads, n_max
+        self.R, self.C = rows, cols
+        self.decision, self.normalize_package, self.sigmoid = decision, normalize_package, sigmoid
+        self.weights_depth = self.plan.weights_depth
+        self.biases_depth = self.plan.bias2      # the run-time bias2 words are not loaded
+        super().__init__({
+            "cmd": In(stream.Signature(cmd_layout(n_max))),
+            "weights": In(stream.Signature(data.ArrayLayout(signed(8), cols))),
+            "biases": In(stream.Signature(data.ArrayLayout(signed(32), cols))),
+            "tokens": In(stream.Signature(signed(8))),
+            "keep": Out(stream.Signature(1)),
+            "tokens_out": Out(stream.Signature(signed(8))),
+            "n_next": Out(stream.Signature(range(n_max + 2))),
+            # flat, so a test bench can hold it with one integer (viewed as params_layout inside)
+            "params": In(unsigned(params_layout().size)),
+            "busy": Out(1),
+            "mac_cycles": Out(32),     # cycles with a k-step entering the MAC array
+            "gemm_cycles": Out(32),    # cycles spent in GEMM phases (issue to last write)
+            "cycles": Out(32),         # cycles from the command to the last output beat
+        })
+
+    # ------------------------------------------------------------------------------------------
+    def elaborate(self, platform):
+        m = Module()
+        P = self.plan
+        R, C, D, h, d, n_max = self.R, self.C, self.D, self.h, self.d, self.n_max
+        lg = d.bit_length() - 1
+        prm = data.View(params_layout(), self.params)
+        G = _cdiv(n_max, R)
+
+        # ---- memories --------------------------------------------------------------------------
+        m.submodules.tok_mem = tok_mem = Memory(shape=signed(8), depth=(n_max + 1) * D, init=[])
+        tok_wr, tok_rd = tok_mem.write_port(), tok_mem.read_port()
+        m.submodules.act_mem = act_mem = Memory(shape=unsigned(8 * R), depth=P.act_depth, init=[])
+        act_wr, act_rd = act_mem.write_port(granularity=8), act_mem.read_port()
+        m.submodules.w_mem = w_mem = Memory(shape=unsigned(8 * C), depth=P.weights_depth, init=[])
+        w_wr, w_rd = w_mem.write_port(), w_mem.read_port()
+        m.submodules.b_mem = b_mem = Memory(shape=data.ArrayLayout(signed(32), C),
+                                            depth=P.biases_depth, init=[])
+        b_wr, b_rd = b_mem.write_port(), b_mem.read_port(domain="comb")
+        m.submodules.dz_mem = dz_mem = Memory(shape=signed(16), depth=n_max * h, init=[])
+        dz_wr, dz_rd = dz_mem.write_port(), dz_mem.read_port(domain="comb")
+        m.submodules.hw_mem = hw_mem = Memory(shape=unsigned(9), depth=n_max * h, init=[])
+        hw_wr, hw_rd = hw_mem.write_port(), hw_mem.read_port(domain="comb")
+        m.submodules.pi_mem = pi_mem = Memory(shape=unsigned(10), depth=n_max, init=[])
+        pi_wr, pi_rd = pi_mem.write_port(), pi_mem.read_port(domain="comb")
+        m.submodules.acc_mem = acc_mem = Memory(shape=signed(32), depth=D, init=[])
+        acc_wr, acc_rd = acc_mem.write_port(), acc_mem.read_port(domain="comb")
+        m.submodules.gsum_mem = gsum_mem = Memory(shape=signed(32), depth=d // 2, init=[])
+        gsum_wr, gsum_rd = gsum_mem.write_port(), gsum_mem.read_port(domain="comb")
+
+        # ---- compute units -----------------------------------------------------------------------
+        m.submodules.array = array = MACArray(R, C)
+        m.submodules.gelu = gelu = GELU()
+        m.submodules.ln = ln = LayerNorm(d)
+        m.submodules.rq16 = rq16 = Requantizer(1, in_width=34, out_width=16, multiplier_bits=MB)
+        m.submodules.recip_n = recip_n = Reciprocal(frac_bits=RN_FRAC, den_width=16,
+                                                    out_width=RN_FRAC + 2)
+        m.submodules.recip = recip = Reciprocal(frac_bits=PKG_FRAC, den_width=24,
+                                                out_width=PKG_FRAC + 2)
+        m.submodules.div = div = Divider(num_width=26, den_width=16, out_width=10, out_signed=False)
+        m.submodules.rq_pkg = rq_pkg = Requantizer(1, in_width=32, out_width=8,
+                                                   multiplier_bits=PKG_FRAC + 2)
+        m.submodules.gfifo = gfifo = SyncFIFOBuffered(width=32, depth=32)
+
+        # ---- run state ---------------------------------------------------------------------------
+        n = Signal(range(n_max + 1))
+        has_pkg = Signal()
+        head = Signal(range(h))
+        rn = Signal(RN_FRAC + 2)                 # reciprocal(n, RN_FRAC)
+        cycles = Signal(32)
+        mac_cycles = Signal(32)
+        gemm_cycles = Signal(32)
+        counting = Signal()
+        m.d.comb += [self.cycles.eq(cycles), self.mac_cycles.eq(mac_cycles),
+                     self.gemm_cycles.eq(gemm_cycles), self.busy.eq(counting)]
+        with m.If(counting):
+            m.d.sync += cycles.eq(cycles + 1)
+
+        # ---- the layer engine registers ----------------------------------------------------------
+        L_mode = Signal(2)       # 0 gelu, 1 bias, 2 logit, 3 head
+        L_gelu = Signal(2)
+        L_in_base = Signal(range(P.act_depth + 1))
+        L_in_stride = Signal(range(max(d, h) + 1))
+        L_K = Signal(range(max(d, h) + 1))
+        L_out = Signal(range(max(d, h) + 1))
+        L_w_base = Signal(range(P.weights_depth + 1))
+        L_b_base = Signal(range(P.biases_depth + 1))
+        L_out_base = Signal(range(max(P.act_depth, P.biases_depth) + 1))
+        L_out_stride = Signal(range(max(d, h) + 1))
+        L_rows = Signal(range(n_max + 1))
+        MODES = {"gelu": 0, "bias": 1, "logit": 2, "head": 3}
+
+        def load_layer(layer, head_index):
+            return [L_mode.eq(MODES[layer.mode]), L_gelu.eq(layer.gelu),
+                    L_in_base.eq(layer.in_base), L_in_stride.eq(layer.in_stride),
+                    L_K.eq(layer.K), L_out.eq(layer.out), L_w_base.eq(layer.w_base),
+                    L_b_base.eq(layer.b_base), L_out_base.eq(layer.out_base),
+                    L_out_stride.eq(layer.out_stride), L_rows.eq(1 if layer.single_row else n)]
+
+        # GELU parameters follow the layer (the engine drains before the layer changes)
+        for idx, name in enumerate(GELU_LAYERS):
+            with m.If(L_gelu == idx):
+                m.d.comb += [gelu.in_multiplier.eq(getattr(prm, f"{name}_in_mul")),
+                             gelu.in_shift.eq(getattr(prm, f"{name}_in_shift")),
+                             gelu.out_multiplier.eq(getattr(prm, f"{name}_out_mul")),
+                             gelu.out_shift.eq(getattr(prm, f"{name}_out_shift"))]
+        m.d.comb += [gelu.a.eq(prm.gelu_a), gelu.one.eq(prm.gelu_one), ln.eps.eq(prm.eps)]
+        with m.If(L_mode == MODES["logit"]):
+            m.d.comb += [rq16.multiplier.eq(prm.logit_mul), rq16.shift.eq(prm.logit_shift)]
+        with m.Else():
+            m.d.comb += [rq16.multiplier.eq(prm.head_mul), rq16.shift.eq(prm.head_shift)]
+
+        # ---- GEMM issue (operands into the array) ------------------------------------------------
+        gemm_start = Signal()          # pulse: start the layer in the L_* registers
+        issuing = Signal()
+        tg = Signal(range(G + 1))
+        og = Signal(range(max(d, h) + 1))
+        kk = Signal(range(max(d, h) + 1))
+        a_tile = Signal(range(P.act_depth + 1))
+        w_tile = Signal(range(P.weights_depth + 1))
+        rows_left = Signal(range(n_max + R + 1))
+        advance = array.operands.ready
+        m.d.comb += [act_rd.addr.eq(a_tile + kk), w_rd.addr.eq(w_tile + kk),
+                     act_rd.en.eq(advance), w_rd.en.eq(advance),
+                     rows_left.eq(L_rows - tg * R)]
+        rd_valid, rd_first, rd_last = Signal(), Signal(), Signal()
+        rd_nrows = Signal(range(1, R + 1))
+        with m.If(advance):
+            m.d.sync += [rd_valid.eq(issuing), rd_first.eq(kk == 0), rd_last.eq(kk == L_K - 1),
+                         rd_nrows.eq(Mux(rows_left >= R, R, rows_left))]
+        ops = array.operands.payload
+        m.d.comb += [array.operands.valid.eq(rd_valid), ops.first.eq(rd_first),
+                     ops.last.eq(rd_last), ops.nrows.eq(rd_nrows)]
+        for r in range(R):
+            m.d.comb += ops.a[r].eq(act_rd.data.word_select(r, 8).as_signed())
+        for c in range(C):
+            m.d.comb += ops.b[c].eq(w_rd.data.word_select(c, 8).as_signed())
+        with m.If(rd_valid & advance):
+            m.d.sync += mac_cycles.eq(mac_cycles + 1)
+
+        with m.If(gemm_start):
+            m.d.sync += [issuing.eq(1), tg.eq(0), og.eq(0), kk.eq(0), a_tile.eq(L_in_base),
+                         w_tile.eq(L_w_base)]
+        with m.Elif(issuing & advance):
+            with m.If(kk == L_K - 1):
+                m.d.sync += kk.eq(0)
+                with m.If((og + 1) * C >= L_out):
+                    m.d.sync += [og.eq(0), w_tile.eq(L_w_base)]
+                    with m.If((tg + 1) * R >= L_rows):
+                        m.d.sync += issuing.eq(0)
+                    with m.Else():
+                        m.d.sync += [tg.eq(tg + 1), a_tile.eq(a_tile + L_in_stride)]
+                with m.Else():
+                    m.d.sync += [og.eq(og + 1), w_tile.eq(w_tile + L_K)]
+            with m.Else():
+                m.d.sync += kk.eq(kk + 1)
+
+        # ---- post-processing of result beats, one value per cycle -------------------------------
+        # tracker mirrors the issue order: (ptg, pog, pr) of the beat held in `beat`
+        beat = Signal(data.ArrayLayout(signed(32), C))
+        beat_full = Signal()
+        ptg = Signal(range(G + 1))
+        pog = Signal(range(max(d, h) + 1))
+        pr = Signal(range(R))
+        lane = Signal(range(C))
+        outputs_left = Signal(range(n_max * max(d, h) + 2))   # values still to be written back
+        m.d.comb += b_rd.addr.eq(L_b_base + pog)
+        t_cur = Signal(range(n_max + R + 1))
+        o_cur = Signal(range(max(d, h) + C + 1))
+        m.d.comb += [t_cur.eq(ptg * R + pr), o_cur.eq(pog * C + lane)]
+        lane_count = Signal(range(C + 1))
+        m.d.comb += lane_count.eq(Mux(L_out - pog * C >= C, C, L_out - pog * C))
+        value = Signal(signed(33))
+        bias_words = b_rd.data
+        m.d.comb += value.eq(beat[0])
+        for c in range(C):
+            with m.If(lane == c):
+                m.d.comb += value.eq(beat[c] + bias_words[c])
+        z_diff = Signal(signed(34))
+        m.d.comb += z_diff.eq((beat[0] + bias_words[0]) - (beat[1] + bias_words[1]))
+
+        m.d.comb += array.result.ready.eq(~beat_full)
+        with m.If(array.result.valid & ~beat_full):
+            m.d.sync += [beat.eq(array.result.payload), beat_full.eq(1), lane.eq(0)]
+
+        lane_done = Signal()      # the current lane of `beat` was consumed this cycle
+        last_lane = Signal()
+        m.d.comb += last_lane.eq(Mux(L_mode == MODES["logit"], 1, lane == lane_count - 1))
+        with m.If(lane_done):
+            with m.If(last_lane):
+                m.d.sync += beat_full.eq(0)
+                with m.If((pr == R - 1) | (t_cur + 1 >= L_rows)):
+                    m.d.sync += pr.eq(0)
+                    with m.If((pog + 1) * C >= L_out):
+                        m.d.sync += [pog.eq(0), ptg.eq(ptg + 1)]
+                    with m.Else():
+                        m.d.sync += pog.eq(pog + 1)
+                with m.Else():
+                    m.d.sync += pr.eq(pr + 1)
+            with m.Else():
+                m.d.sync += lane.eq(lane + 1)
+
+        # the write-back side (act/bias/dz/hw memories), with the gsum accumulation for L1
+        in_l1 = Signal()
+        write_done = Signal()     # one value written back this cycle
+        with m.If(gemm_start):
+            m.d.sync += [ptg.eq(0), pog.eq(0), pr.eq(0)]
+
+        # mode gelu: value -> GELU with (addr, lane, o) on the side FIFO
+        act_addr_cur = Signal(range(P.act_depth + 1))
+        m.d.comb += act_addr_cur.eq(L_out_base + ptg * L_out_stride + o_cur)
+        side = Signal(data.StructLayout({"addr": range(P.act_depth + 1), "lane": range(R),
+                                         "o": range(max(d, h) + C + 1)}))
+        m.d.comb += [side.addr.eq(act_addr_cur), side.lane.eq(pr), side.o.eq(o_cur),
+                     gfifo.w_data.eq(side)]
+        with m.If(beat_full & (L_mode == MODES["gelu"])):
+            m.d.comb += [gelu.i.valid.eq(gfifo.w_rdy), gelu.i.payload.eq(value)]
+            with m.If(gelu.i.ready & gfifo.w_rdy):
+                m.d.comb += [gfifo.w_en.eq(1), lane_done.eq(1)]
+        g_side = Signal.like(side)
+        m.d.comb += [g_side.eq(gfifo.r_data), gelu.o.ready.eq(1)]
+        gsum_lane = Signal(range(d))
+        m.d.comb += gsum_lane.eq(g_side.o - d // 2)
+        m.d.comb += gsum_rd.addr.eq(gsum_lane)
+        with m.If(gelu.o.valid):
+            m.d.comb += [gfifo.r_en.eq(1), act_wr.addr.eq(g_side.addr),
+                         act_wr.data.eq(Cat(*[gelu.o.payload for _ in range(R)])),
+                         act_wr.en.eq(1 << g_side.lane), write_done.eq(1)]
+            with m.If(in_l1 & (g_side.o >= d // 2)):
+                m.d.comb += [gsum_wr.addr.eq(gsum_lane), gsum_wr.en.eq(1),
+                             gsum_wr.data.eq(gsum_rd.data + gelu.o.payload)]
+
+        # mode bias: write value (acc + b2) into the bias2 word lane
+        bias_acc = Signal(data.ArrayLayout(signed(32), C))
+        with m.If(beat_full & (L_mode == MODES["bias"])):
+            m.d.comb += [lane_done.eq(1), write_done.eq(1)]
+            for c in range(C):
+                with m.If(lane == c):
+                    m.d.sync += bias_acc[c].eq(value)
+            with m.If(last_lane):
+                m.d.comb += [b_wr.addr.eq(L_out_base + pog), b_wr.en.eq(1)]
+                for c in range(C):
+                    m.d.comb += b_wr.data[c].eq(Mux(lane == c, value, bias_acc[c]))
+
+        # modes logit / head: one value at a time through the int16 requantiser, waited for
+        rq_busy = Signal()
+        rq_t = Signal(range(n_max + R + 1))
+        rq_o = Signal(range(max(d, h) + C + 1))
+        m.d.comb += rq16.o.ready.eq(1)
+        with m.If(beat_full & ((L_mode == MODES["logit"]) | (L_mode == MODES["head"])) & ~rq_busy):
+            m.d.comb += [rq16.i.valid.eq(1),
+                         rq16.i.payload[0].eq(Mux(L_mode == MODES["logit"], z_diff, value))]
+            with m.If(rq16.i.ready):
+                m.d.comb += lane_done.eq(1)
+                m.d.sync += [rq_busy.eq(1), rq_t.eq(t_cur), rq_o.eq(o_cur)]
+        hw_value = plan_sigmoid(m, rq16.o.payload[0], self.sigmoid, "head_sig")
+        with m.If(rq16.o.valid):
+            m.d.sync += rq_busy.eq(0)
+            m.d.comb += write_done.eq(1)
+            with m.If(L_mode == MODES["logit"]):
+                m.d.comb += [dz_wr.addr.eq(rq_t * h + head), dz_wr.data.eq(rq16.o.payload[0]),
+                             dz_wr.en.eq(1)]
+            with m.Else():
+                m.d.comb += [hw_wr.addr.eq(rq_t * h + rq_o), hw_wr.data.eq(hw_value),
+                             hw_wr.en.eq(1)]
+
+        with m.If(gemm_start):
+            m.d.sync += outputs_left.eq(Mux(L_mode == MODES["logit"], L_rows, L_rows * L_out))
+        with m.Elif(write_done):
+            m.d.sync += outputs_left.eq(outputs_left - 1)
+        layer_done = Signal()
+        m.d.comb += layer_done.eq(~issuing & (outputs_left == 0))
+
+        # ---- LayerNorm feed / write-back ---------------------------------------------------------
+        ln_feed = Signal()                  # LN phase: stream tokens of head `head` into the LN
+        ln_t = Signal(range(n_max + 1))     # candidate index of the next read
+        ln_j = Signal(range(d))
+        ln_addr = Signal(range((n_max + 1) * D + 1))
+        ln_rv = Signal()                    # tok_rd.data holds a beat for the LN
+        ln_issue = Signal()
+        tok_rd_addr_ln = Signal.like(ln_addr)
+        ln_adv = Signal()
+        m.d.comb += [ln_adv.eq(~ln_rv | ln.i.ready), ln.i.valid.eq(ln_rv),
+                     ln.i.payload.eq(tok_rd.data), ln_issue.eq(ln_feed & (ln_t < n)),
+                     tok_rd_addr_ln.eq(ln_addr)]
+        # LN outputs: y in order (t, j); sums in order t
+        ly_t = Signal(range(n_max + 1))
+        ly_j = Signal(range(d))
+        ls_t = Signal(range(n_max + 1))
+        ly_tg = Signal(range(G + 1))
+        ly_r = Signal(range(R))
+        ls_tg = Signal(range(G + 1))
+        ls_r = Signal(range(R))
+        m.d.comb += [ln.o.ready.eq(1), ln.sums.ready.eq(1)]
+        e_val = Signal(signed(8))
+        m.d.comb += e_val.eq((ln.sums.payload + (1 << (lg - 1))) >> lg)
+
+        # ---- decision state ---------------------------------------------------------------------
+        dt = Signal(range(n_max + 1))
+        di = Signal(range(h + 1))
+        s_wdz = Signal(signed(34))
+        s_wp = Signal(unsigned(24))
+        s_w = Signal(unsigned(16))
+        s_p = Signal(unsigned(16))
+        keep_bit = Signal()
+        kept = Signal(range(n_max + 1))
+        dropped = Signal(range(n_max + 1))
+        den = Signal(unsigned(24))
+        m.d.comb += [dz_rd.addr.eq(dt * h + di), hw_rd.addr.eq(dt * h + di)]
+        p_cur = plan_sigmoid(m, dz_rd.data, self.sigmoid, "dec_sig")
+        keep_mem = Signal(n_max)           # one bit per candidate (flip-flops: n_max bits)
+
+        # ---- package / output state -------------------------------------------------------------
+        pt = Signal(range(n_max + 1))
+        pc = Signal(range(D))
+        prow = Signal(range((n_max + 1) * D + 1))
+        p_rv, p_c_d, p_first = Signal(), Signal(range(D)), Signal()
+        p_w = Signal(unsigned(10))
+        pkg_r = Signal(PKG_FRAC + 2)
+        out_rv = Signal()
+        out_row = Signal(range(n_max + 2))
+        out_c = Signal(range(D))
+        out_addr = Signal(range((n_max + 1) * D + 1))
+        pkg_sent = Signal(range(D + 1))
+        pkg_recv = Signal(range(D + 1))
+
+        # token memory read address: LN phase, package phase, or output phase
+        phase_pkg = Signal()
+        phase_out = Signal()
+        tok_rd_addr_pkg = Signal.like(ln_addr)
+        m.d.comb += tok_rd.addr.eq(Mux(phase_pkg, tok_rd_addr_pkg,
+                                       Mux(phase_out, out_addr, tok_rd_addr_ln)))
+
+        # ---- the sequencer ----------------------------------------------------------------------
+        load_idx = Signal(range(max(P.weights_depth, P.biases_depth, (n_max + 1) * D) + 1))
+        b_idx = Signal(range(P.biases_depth + 1))
+        g_idx = Signal(range(d // 2 + 1))
+        head_layers = [P.head_layers(i) for i in range(h)]
+        tail = P.tail_layers()
+
+        with m.FSM(name="seq"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += [n.eq(self.cmd.payload.n), has_pkg.eq(self.cmd.payload.has_package),
+                                 load_idx.eq(0), b_idx.eq(0), cycles.eq(0), mac_cycles.eq(0),
+                                 gemm_cycles.eq(0), counting.eq(1), head.eq(0), kept.eq(0),
+                                 dropped.eq(0), den.eq(0), ln_addr.eq(0)]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                # weights, biases and tokens arrive concurrently
+                w_done = load_idx >= P.weights_depth
+                m.d.comb += [self.weights.ready.eq(~w_done), w_wr.addr.eq(load_idx),
+                             w_wr.data.eq(self.weights.payload), w_wr.en.eq(self.weights.valid & ~w_done)]
+                with m.If(self.weights.valid & ~w_done):
+                    m.d.sync += load_idx.eq(load_idx + 1)
+                b_done = b_idx >= P.bias2
+                m.d.comb += [self.biases.ready.eq(~b_done), b_wr.addr.eq(b_idx),
+                             b_wr.data.eq(self.biases.payload), b_wr.en.eq(self.biases.valid & ~b_done)]
+                with m.If(self.biases.valid & ~b_done):
+                    m.d.sync += b_idx.eq(b_idx + 1)
+                tk_done = ln_addr >= (n + 1) * D
+                m.d.comb += [self.tokens.ready.eq(~tk_done), tok_wr.addr.eq(ln_addr),
+                             tok_wr.data.eq(self.tokens.payload),
+                             tok_wr.en.eq(self.tokens.valid & ~tk_done)]
+                with m.If(self.tokens.valid & ~tk_done):
+                    m.d.sync += ln_addr.eq(ln_addr + 1)
+                with m.If(w_done & b_done & tk_done):
+                    m.next = "RECIP_N"
+            with m.State("RECIP_N"):
+                m.d.comb += [recip_n.i.valid.eq(1), recip_n.i.payload.eq(n)]
+                with m.If(recip_n.i.ready):
+                    m.next = "RECIP_N_WAIT"
+            with m.State("RECIP_N_WAIT"):
+                m.d.comb += recip_n.o.ready.eq(1)
+                with m.If(recip_n.o.valid):
+                    m.d.sync += rn.eq(recip_n.o.payload.value)
+                    m.next = "LN_START"
+            with m.State("LN_START"):
+                m.d.sync += [ln_t.eq(0), ln_j.eq(0), ln_addr.eq(D + head * d), ln_rv.eq(0),
+                             ly_t.eq(0), ly_j.eq(0), ls_t.eq(0), ly_tg.eq(0), ly_r.eq(0),
+                             ls_tg.eq(0), ls_r.eq(0)]
+                m.next = "LN"
+            with m.State("LN"):
+                m.d.comb += ln_feed.eq(1)
+                m.d.comb += tok_rd.en.eq(ln_adv)
+                with m.If(ln_adv):
+                    m.d.sync += ln_rv.eq(ln_issue)
+                    with m.If(ln_issue):
+                        with m.If(ln_j == d - 1):
+                            m.d.sync += [ln_j.eq(0), ln_t.eq(ln_t + 1), ln_addr.eq(ln_addr + D - d + 1)]
+                        with m.Else():
+                            m.d.sync += [ln_j.eq(ln_j + 1), ln_addr.eq(ln_addr + 1)]
+                with m.If(ln.o.valid):
+                    m.d.comb += [act_wr.addr.eq(P.act["Y"] + ly_tg * d + ly_j),
+                                 act_wr.data.eq(Cat(*[ln.o.payload for _ in range(R)])),
+                                 act_wr.en.eq(1 << ly_r)]
+                    m.d.sync += ly_j.eq(ly_j + 1)
+                    with m.If(ly_j == d - 1):
+                        m.d.sync += ly_t.eq(ly_t + 1)
+                        with m.If(ly_r == R - 1):
+                            m.d.sync += [ly_r.eq(0), ly_tg.eq(ly_tg + 1)]
+                        with m.Else():
+                            m.d.sync += ly_r.eq(ly_r + 1)
+                with m.Elif(ln.sums.valid):
+                    # the head mean for the importance branch (LN y has priority on the port)
+                    m.d.comb += [act_wr.addr.eq(P.act["E"] + ls_tg * h + head),
+                                 act_wr.data.eq(Cat(*[e_val for _ in range(R)])),
+                                 act_wr.en.eq(1 << ls_r)]
+                    m.d.sync += ls_t.eq(ls_t + 1)
+                    with m.If(ls_r == R - 1):
+                        m.d.sync += [ls_r.eq(0), ls_tg.eq(ls_tg + 1)]
+                    with m.Else():
+                        m.d.sync += ls_r.eq(ls_r + 1)
+                m.d.comb += ln.sums.ready.eq(~ln.o.valid)
+                with m.If((ly_t == n) & (ls_t == n)):
+                    m.d.sync += g_idx.eq(0)
+                    m.next = "GSUM_CLEAR"
+            with m.State("GSUM_CLEAR"):
+                m.d.comb += [gsum_wr.addr.eq(g_idx), gsum_wr.data.eq(0), gsum_wr.en.eq(1)]
+                m.d.sync += g_idx.eq(g_idx + 1)
+                with m.If(g_idx == d // 2 - 1):
+                    m.next = "L1"
+
+            # the per-head layer chain; each state loads the layer, starts it and waits
+            def layer_states(prefix, layers_for_head, after):
+                names = [f"{prefix}_{L.name}" for L in layers_for_head(0)]
+                for k, lname in enumerate(names):
+                    with m.State(lname):
+                        for i in range(h if prefix == "H" else 1):
+                            with m.If(head == i) if prefix == "H" else _nullctx():
+                                m.d.sync += load_layer(layers_for_head(i)[k], i)
+                        m.next = lname + "_GO"
+                    with m.State(lname + "_GO"):
+                        m.d.comb += gemm_start.eq(1)
+                        m.next = lname + "_RUN"
+                    with m.State(lname + "_RUN"):
+                        m.d.sync += gemm_cycles.eq(gemm_cycles + 1)
+                        if layers_for_head(0)[k].name == "l1":
+                            m.d.comb += in_l1.eq(1)
+                        with m.If(layer_done):
+                            nxt = names[k + 1] if k + 1 < len(names) else after
+                            if layers_for_head(0)[k].name == "l1":
+                                m.d.sync += g_idx.eq(0)
+                                nxt = "GMEAN"
+                            m.next = nxt
+                return names
+
+            hl = lambda i: head_layers[i]  # noqa: E731
+            names = [f"H_{L.name}" for L in hl(0)]
+            # L1 is entered from GSUM_CLEAR under the name "L1"
+            with m.State("L1"):
+                m.next = "H_l1"
+            layer_states("H", hl, "NEXT_HEAD")
+            with m.State("GMEAN"):
+                # g = sat8(rhu(gsum * rn, RN_FRAC)) into the G region (row 0, lane 0)
+                gm = Signal(signed(32 + RN_FRAC + 3))
+                gq = Signal(signed(8))
+                m.d.comb += [gsum_rd.addr.eq(g_idx), gm.eq(gsum_rd.data * rn),
+                             act_wr.addr.eq(P.act["G"] + g_idx),
+                             act_wr.data.eq(Cat(*[gq for _ in range(R)])), act_wr.en.eq(1)]
+                rounded = (gm + (1 << (RN_FRAC - 1))) >> RN_FRAC
+                m.d.comb += gq.eq(Mux(rounded > 127, 127, Mux(rounded < -128, -128, rounded)))
+                m.d.sync += g_idx.eq(g_idx + 1)
+                with m.If(g_idx == d // 2 - 1):
+                    m.next = names[1]
+            with m.State("NEXT_HEAD"):
+                with m.If(head == h - 1):
+                    m.next = "T_v1"
+                with m.Else():
+                    m.d.sync += head.eq(head + 1)
+                    m.next = "LN_START"
+            layer_states("T", lambda i: tail, "DECIDE_START")
+
+            with m.State("DECIDE_START"):
+                m.d.sync += [dt.eq(0), di.eq(0), s_wdz.eq(0), s_wp.eq(0), s_w.eq(0), s_p.eq(0)]
+                m.next = "DECIDE"
+            with m.State("DECIDE"):
+                m.d.sync += [s_wdz.eq(s_wdz + hw_rd.data * dz_rd.data),
+                             s_wp.eq(s_wp + hw_rd.data * p_cur), s_w.eq(s_w + hw_rd.data),
+                             s_p.eq(s_p + p_cur), di.eq(di + 1)]
+                with m.If(di == h - 1):
+                    m.next = "DECIDE_RULE"
+            with m.State("DECIDE_RULE"):
+                if self.decision == "logit":
+                    rule = s_wdz > 0
+                else:
+                    rule = Mux(s_w > 0, 2 * s_wp >= 256 * s_w, 2 * s_p >= 256 * h)
+                kb = rule & ~(has_pkg & (dt == n - 1))
+                m.d.sync += keep_bit.eq(kb)
+                m.next = "KEEP_OUT"
+            with m.State("KEEP_OUT"):
+                m.d.comb += [self.keep.valid.eq(1), self.keep.payload.eq(keep_bit)]
+                with m.If(self.keep.ready):
+                    m.d.sync += keep_mem.bit_select(dt, 1).eq(keep_bit)
+                    with m.If(keep_bit):
+                        m.d.sync += kept.eq(kept + 1)
+                        m.next = "DECIDE_NEXT"
+                    with m.Else():
+                        m.d.sync += dropped.eq(dropped + 1)
+                        m.next = "PI"
+            with m.State("PI"):
+                m.d.comb += [div.i.valid.eq(1),
+                             div.i.payload.numerator.eq(Mux(s_w > 0, s_wp, s_p)),
+                             div.i.payload.denominator.eq(Mux(s_w > 0, s_w, h))]
+                with m.If(div.i.ready):
+                    m.next = "PI_WAIT"
+            with m.State("PI_WAIT"):
+                m.d.comb += div.o.ready.eq(1)
+                with m.If(div.o.valid):
+                    m.d.comb += [pi_wr.addr.eq(dt), pi_wr.data.eq(div.o.payload.quotient),
+                                 pi_wr.en.eq(1)]
+                    m.d.sync += den.eq(den + div.o.payload.quotient)
+                    m.next = "DECIDE_NEXT"
+            with m.State("DECIDE_NEXT"):
+                m.d.sync += [di.eq(0), s_wdz.eq(0), s_wp.eq(0), s_w.eq(0), s_p.eq(0)]
+                with m.If(dt == n - 1):
+                    m.d.sync += [pt.eq(0), pc.eq(0), prow.eq(D), p_rv.eq(0), p_first.eq(1)]
+                    with m.If(dropped == 0):
+                        m.next = "OUT_START"
+                    with m.Else():
+                        m.next = "PKG"
+                with m.Else():
+                    m.d.sync += dt.eq(dt + 1)
+                    m.next = "DECIDE"
+
+            # package accumulation over the dropped tokens: acc[c] (+)= w_j * x_jc
+            with m.State("PKG"):
+                m.d.comb += [phase_pkg.eq(1), pi_rd.addr.eq(pt),
+                             tok_rd_addr_pkg.eq(prow + pc), tok_rd.en.eq(1)]
+                is_dropped = ~keep_mem.bit_select(pt, 1)
+                with m.If(pt < n):
+                    with m.If(~is_dropped):
+                        m.d.sync += [pt.eq(pt + 1), prow.eq(prow + D), p_rv.eq(0)]
+                    with m.Else():
+                        m.d.sync += [p_rv.eq(1), p_c_d.eq(pc),
+                                     p_w.eq(Mux(den == 0, 1, pi_rd.data))]
+                        with m.If(pc == D - 1):
+                            m.d.sync += [pc.eq(0), pt.eq(pt + 1), prow.eq(prow + D)]
+                        with m.Else():
+                            m.d.sync += pc.eq(pc + 1)
+                with m.Else():
+                    m.d.sync += p_rv.eq(0)
+                    with m.If(~p_rv):
+                        m.next = "PKG_RECIP"
+                # one cycle later: the token byte is on tok_rd.data
+                m.d.comb += acc_rd.addr.eq(p_c_d)
+                with m.If(p_rv):
+                    m.d.comb += [acc_wr.addr.eq(p_c_d), acc_wr.en.eq(1),
+                                 acc_wr.data.eq(Mux(p_first, 0, acc_rd.data) + p_w * tok_rd.data)]
+                    with m.If(p_c_d == D - 1):
+                        m.d.sync += p_first.eq(0)
+            with m.State("PKG_RECIP"):
+                m.d.comb += [recip.i.valid.eq(1), recip.i.payload.eq(Mux(den == 0, dropped, den))]
+                with m.If(recip.i.ready):
+                    m.next = "PKG_RECIP_WAIT"
+            with m.State("PKG_RECIP_WAIT"):
+                m.d.comb += recip.o.ready.eq(1)
+                with m.If(recip.o.valid):
+                    m.d.sync += pkg_r.eq(recip.o.payload.value)
+                    m.next = "OUT_START"
+
+            # output: CLS, the kept rows, then the package through the requantiser
+            with m.State("OUT_START"):
+                m.d.sync += [out_row.eq(0), out_c.eq(0), out_addr.eq(0), out_rv.eq(0),
+                             pkg_sent.eq(0), pkg_recv.eq(0)]
+                m.next = "OUT_ROWS"
+            with m.State("OUT_ROWS"):
+                m.d.comb += phase_out.eq(1)
+                out_adv = ~out_rv | self.tokens_out.ready
+                row_kept = Signal()
+                m.d.comb += row_kept.eq((out_row == 0) | keep_mem.bit_select((out_row - 1)[:len(out_row)], 1))
+                m.d.comb += [self.tokens_out.valid.eq(out_rv),
+                             self.tokens_out.payload.eq(tok_rd.data), tok_rd.en.eq(out_adv)]
+                with m.If(out_adv):
+                    m.d.sync += out_rv.eq(0)
+                    with m.If(out_row <= n):
+                        with m.If(~row_kept):
+                            m.d.sync += [out_row.eq(out_row + 1), out_addr.eq(out_addr + D)]
+                        with m.Else():
+                            m.d.sync += out_rv.eq(1)
+                            with m.If(out_c == D - 1):
+                                m.d.sync += [out_c.eq(0), out_row.eq(out_row + 1),
+                                             out_addr.eq(out_addr + 1)]
+                            with m.Else():
+                                m.d.sync += [out_c.eq(out_c + 1), out_addr.eq(out_addr + 1)]
+                    with m.Elif(~out_rv):
+                        m.d.sync += out_c.eq(0)
+                        m.next = "OUT_PKG_CHECK"
+            with m.State("OUT_PKG_CHECK"):
+                with m.If(dropped == 0):
+                    m.next = "N_NEXT"
+                with m.Else():
+                    m.next = "OUT_PKG"
+            with m.State("OUT_PKG"):
+                m.d.comb += [acc_rd.addr.eq(out_c), rq_pkg.i.payload[0].eq(acc_rd.data),
+                             rq_pkg.i.valid.eq(pkg_sent < D)]
+                if self.normalize_package:
+                    m.d.comb += [rq_pkg.multiplier.eq(pkg_r), rq_pkg.shift.eq(PKG_FRAC)]
+                else:
+                    m.d.comb += [rq_pkg.multiplier.eq(1), rq_pkg.shift.eq(8)]
+                with m.If(rq_pkg.i.ready & (pkg_sent < D)):
+                    m.d.sync += [out_c.eq(out_c + 1), pkg_sent.eq(pkg_sent + 1)]
+                m.d.comb += [self.tokens_out.valid.eq(rq_pkg.o.valid),
+                             self.tokens_out.payload.eq(rq_pkg.o.payload[0]),
+                             rq_pkg.o.ready.eq(self.tokens_out.ready)]
+                with m.If(self.tokens_out.valid & self.tokens_out.ready):
+                    m.d.sync += pkg_recv.eq(pkg_recv + 1)
+                    with m.If(pkg_recv == D - 1):
+                        m.next = "N_NEXT"
+            with m.State("N_NEXT"):
+                m.d.comb += [self.n_next.valid.eq(1),
+                             self.n_next.payload.eq(1 + kept + (dropped != 0))]
+                with m.If(self.n_next.ready):
+                    m.d.sync += counting.eq(0)
+                    m.next = "IDLE"
+        return m
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
