@@ -73,7 +73,7 @@ def run(component, job: Job, waves: str | Path | None = None) -> Result:
 
         async def sink(ctx):
             for sname, value in job.statics.items():
-                ctx.set(getattr(component, sname), value)
+                ctx.set(Value.cast(getattr(component, sname)), value)
             cycle = 0
             waiting = None          # payload of a beat that was valid but not taken
             while len(collected[name]) < count:
@@ -102,7 +102,7 @@ def run(component, job: Job, waves: str | Path | None = None) -> Result:
             state["pending"] -= 1
             if state["pending"] == 0:
                 for sname in job.status:
-                    status[sname] = int(ctx.get(getattr(component, sname)))
+                    status[sname] = int(ctx.get(Value.cast(getattr(component, sname))))
         return sink
 
     for name, beats in job.inputs.items():

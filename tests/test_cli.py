@@ -1,0 +1,77 @@
+"""The `vitaccel` command line: every subcommand on the gemm unit, and one-line errors."""
+import json
+
+import pytest
+
+from vitaccel import cli
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)     # results and generated files go under ./build
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list(capsys):
+    code, out, _ = run(capsys, "list")
+    assert code == 0 and "gemm" in out
+
+
+def test_verilog_writes_a_module(capsys, in_tmp):
+    code, out, _ = run(capsys, "verilog", "gemm", "--set", "rows=2", "--set", "cols=2",
+                       "-o", "x.v")
+    assert code == 0
+    text = (in_tmp / "x.v").read_text()
+    assert "module top" in text and "c__payload" in text and "Config(rows=2, cols=2" in out
+
+
+@pytest.mark.parametrize("setting,needle", [("rows=0", "Config.rows must be in [1, 64], got 0"),
+                                            ("nope=1", "has no field 'nope'"),
+                                            ("rows=two", "cannot read 'two' as int"),
+                                            ("rows", "--set expects key=value")])
+def test_bad_settings_are_one_line_errors(capsys, setting, needle):
+    code, out, err = run(capsys, "verilog", "gemm", "--set", setting, "-o", "x.v")
+    assert code == 2
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unknown_unit_is_rejected(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["verilog", "nosuchunit", "-o", "x.v"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_sim_amaranth_and_report(capsys, in_tmp):
+    code, out, _ = run(capsys, "sim", "gemm", "--sim", "amaranth", "--no-stalls",
+                       "--set", "rows=2", "--set", "cols=2", "--set", "m_max=6",
+                       "--set", "n_max=5", "--set", "k_max=4")
+    assert code == 0 and "bit-exact" in out
+    saved = json.loads((in_tmp / "build/results/gemm-sim.json").read_text())
+    assert saved["bit_exact"] and saved["stats"]["cycles"] > 0
+    code, out, _ = run(capsys, "report", "--json", "r.json")
+    assert code == 0 and "| gemm | sim (amaranth) |" in out
+    assert "gemm-sim" in json.loads((in_tmp / "r.json").read_text())
+
+
+def test_report_without_results_says_what_to_do(capsys):
+    code, _, err = run(capsys, "report")
+    assert code == 2 and "run `vitaccel sim`" in err
+
+
+def test_lint_passes(capsys):
+    code, out, _ = run(capsys, "lint", "gemm", "--set", "rows=2", "--set", "cols=2")
+    assert code == 0 and "lint ok" in out
+
+
+def test_help_explains_subcommands(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["build", "--help"])
+    out = capsys.readouterr().out
+    assert "--board" in out and "--freq" in out
