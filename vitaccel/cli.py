@@ -192,13 +192,19 @@ def cmd_report(args):
         print(f"wrote {args.json}")
 
 
+DEMO_BUILD_UNITS = ("gemm",)   # bitstreams `make demo` builds by default (minutes each)
+
+
 def cmd_demo(args):
-    """Verilog, simulation against the golden model, a ULX3S bitstream and the report, for every
-    unit, on built-in defaults."""
+    """The main job on built-in defaults: for every unit, Verilog and a simulation against the
+    golden model (with and without random stalls); a ULX3S bitstream for the GEMM engine (every
+    unit with --build-all); then the report."""
     names = args.units or units.names()
+    t0 = time.time()
     for name in names:
         unit = units.get(name)
         cfg = unit.demo_config() if hasattr(unit, "demo_config") else unit.Config()
+        _progress(f"== {name}: {cfg}")
         ns = argparse.Namespace(unit=name, set=[], board=None, name="top",
                                 output=f"build/verilog/{name}.v")
         cmd_verilog(ns)
@@ -206,14 +212,18 @@ def cmd_demo(args):
             record = run_sim(name, cfg, args.sim, seed=1, stalls=stalls, waves=False)
             if record["mismatches"]:
                 raise CLIError(f"{name}: RTL differs from golden: {record['mismatches'][0]}")
-        print(f"{name}: RTL == golden on {args.sim} with and without stalls; "
-              f"cycles {record['stats']['cycles']}")
-        if not args.no_build:
-            report = run_build(name, unit.board_config("ulx3s"), "ulx3s", None)
-            from vitaccel.boards import build as board_build
-            print(board_build.format_report(report))
+        print(f"{name}: RTL == golden, bit-exact on {args.sim} with and without random stalls; "
+              f"{record['stats']['cycles']} cycles without stalls")
+    build_units = [] if args.no_build else (names if args.build_all else
+                                             [n for n in names if n in DEMO_BUILD_UNITS])
+    for name in build_units:
+        from vitaccel.boards import build as board_build
+        unit = units.get(name)
+        report = run_build(name, unit.board_config("ulx3s"), "ulx3s", None)
+        print(board_build.format_report(report))
     print()
     cmd_report(argparse.Namespace(results=str(RESULTS), json="build/results/report.json"))
+    print(f"\ndemo finished in {time.time() - t0:.0f} s")
 
 
 def main(argv=None):
@@ -269,7 +279,9 @@ def main(argv=None):
                                     "golden, ULX3S bitstream, report")
     p.add_argument("units", nargs="*", help="units (default: all)")
     p.add_argument("--sim", choices=SIMULATORS, default="verilator")
-    p.add_argument("--no-build", action="store_true", help="skip the bitstream builds")
+    p.add_argument("--no-build", action="store_true", help="skip the bitstream build")
+    p.add_argument("--build-all", action="store_true",
+                   help="build a ULX3S bitstream for every unit (default: gemm only)")
     p.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)

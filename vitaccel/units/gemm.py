@@ -81,26 +81,30 @@ def random_inputs(cfg: Config, seed: int = 0, m=None, n=None, k=None) -> dict:
             "b": rng.integers(-128, 128, (k, n), dtype=np.int8)}
 
 
-def make_job(cfg: Config, a, b, stalls=True) -> Job:
-    a, b = check_inputs(cfg, a, b)
-    m, k = a.shape
-    n = b.shape[1]
+def make_job(cfg: Config, problems, stalls=True) -> Job:
+    """A job that streams one or more (a, b) problems back to back."""
     layout = cmd_layout(cfg.m_max, cfg.n_max, cfg.k_max)
-    beats = -(-n // cfg.cols) * m
+    cmds, a_beats, b_beats, beats, work = [], [], [], 0, 0
+    for a, b in problems:
+        a, b = check_inputs(cfg, a, b)
+        m, k = a.shape
+        n = b.shape[1]
+        cmds.append(pack_fields(layout, m=m, n=n, k=k))
+        a_beats += [int(v) & 0xFF for v in a.ravel()]
+        b_beats += [int(v) & 0xFF for v in b.ravel()]
+        beats += -(-n // cfg.cols) * m
+        work += m * k + k * n + m * n * k // (cfg.rows * cfg.cols)
     return Job(
-        inputs={
-            "cmd": [pack_fields(layout, m=m, n=n, k=k)],
-            "a": [int(v) & 0xFF for v in a.ravel()],
-            "b": [int(v) & 0xFF for v in b.ravel()],
-        },
+        inputs={"cmd": cmds, "a": a_beats, "b": b_beats},
         expect={"c": beats},
         status=["cycles", "error"],
-        max_cycles=20 * (m * k + k * n + m * n * k // (cfg.rows * cfg.cols)) + 1000,
+        max_cycles=20 * work + 1000,
         stalls=stall_profile(stalls),
     )
 
 
-def decode(cfg: Config, m: int, n: int, beats: list[int]) -> np.ndarray:
+def decode(cfg: Config, m: int, n: int, beats) -> np.ndarray:
+    """Reassemble one problem's result from its beats (consumed from the iterator ``beats``)."""
     c = np.zeros((m, n), dtype=np.int32)
     it = iter(beats)
     for i0 in range(0, m, cfg.rows):
@@ -114,19 +118,29 @@ def decode(cfg: Config, m: int, n: int, beats: list[int]) -> np.ndarray:
     return c
 
 
-def simulate(cfg: Config, a, b, simulator: str = "amaranth", stalls=True, waves=False):
-    """Run the RTL on ``a``, ``b``; returns ({"c": ...}, stats)."""
-    job = make_job(cfg, a, b, stalls)
-    m, k = np.shape(a)
-    n = np.shape(b)[1]
-    result = run_job(component(cfg), job, simulator, waves)
-    c = decode(cfg, m, n, result.outputs["c"])
+def simulate_batch(cfg: Config, problems, simulator: str = "amaranth", stalls=True, waves=False):
+    """Run several (a, b) problems back to back (the engine loads one while computing the
+    previous); returns (list of C matrices, stats). ``stats["mac_utilisation"]`` is over the
+    compute-busy cycles, ``stats["end_to_end_utilisation"]`` over all cycles."""
+    problems = [(np.asarray(a), np.asarray(b)) for a, b in problems]
+    result = run_job(component(cfg), make_job(cfg, problems, stalls), simulator, waves)
+    beats = iter(result.outputs["c"])
+    outs = [decode(cfg, a.shape[0], b.shape[1], beats) for a, b in problems]
+    macs = sum(a.shape[0] * a.shape[1] * b.shape[1] for a, b in problems)
     compute = result.status["cycles"]
+    array = cfg.rows * cfg.cols
     stats = {
         "cycles": result.cycles,
         "compute_cycles": compute,
-        "macs": m * n * k,
-        "mac_utilisation": m * n * k / (cfg.rows * cfg.cols * compute) if compute else 0.0,
+        "macs": macs,
+        "mac_utilisation": macs / (array * compute) if compute else 0.0,
+        "end_to_end_utilisation": macs / (array * result.cycles) if result.cycles else 0.0,
         "error_flag": result.status["error"],
     }
-    return {"c": c}, stats
+    return outs, stats
+
+
+def simulate(cfg: Config, a, b, simulator: str = "amaranth", stalls=True, waves=False):
+    """Run the RTL on ``a``, ``b``; returns ({"c": ...}, stats)."""
+    outs, stats = simulate_batch(cfg, [(a, b)], simulator, stalls, waves)
+    return {"c": outs[0]}, stats
