@@ -401,6 +401,9 @@ class HostLink(wiring.Component):
         tx_valid = Signal()
         m.d.comb += [utx.data.eq(tx_data), utx.valid.eq(tx_valid)]
 
+        stage = Signal(8 * max(max_in_bytes, 1))
+        stage_full = Signal()
+
         # one holding register per input stream, so that a unit that joins several inputs
         # sees a beat waiting on each of them
         holds, hold_valid = [], []
@@ -488,34 +491,38 @@ class HostLink(wiring.Component):
 
             # WRITE: collect one beat, push it, repeat.
             with m.State("W_COLLECT"):
-                # Assemble a beat straight into the port's holding register once the unit has
-                # taken the previous one; a beat that cannot start within `timeout` cycles ends
-                # the write (the rest of the payload is dropped, the host resends it).
-                hold_full = Signal()
-                with m.Switch(port_idx):
-                    for i in range(len(in_names)):
-                        with m.Case(i):
-                            m.d.comb += hold_full.eq(hold_valid[i])
-                with m.If((byte_idx == 0) & hold_full):
-                    with m.If(timer == self.timeout):
+                # Bytes are assembled in a staging register whose `stage_full` flag alone gates
+                # the RX FIFO read: reading bytes no longer waits on a multiplexer over every
+                # port's holding register, which was the critical path on the iCE40. A complete
+                # beat moves into the port's holding register once the unit has taken the
+                # previous one; a beat that cannot move within `timeout` cycles ends the write
+                # (the rest of the payload is dropped, the host resends it).
+                with m.If(stage_full):
+                    moved = Signal()
+                    with m.Switch(port_idx):
+                        for i, name in enumerate(in_names):
+                            with m.Case(i):
+                                with m.If(~hold_valid[i]):
+                                    m.d.comb += moved.eq(1)
+                                    m.d.sync += [holds[i].eq(stage[:ins[name]]),
+                                                 hold_valid[i].eq(1)]
+                    with m.If(moved):
+                        m.d.sync += [stage_full.eq(0), timer.eq(0), done.eq(done + 1)]
+                        with m.If(done + 1 == n):
+                            respond(Cat(Const(OK, 8), (done + 1)[:16]), 3)
+                    with m.Elif(timer == self.timeout):
                         m.d.comb += set_timeout_flag.eq(1)
-                        m.d.sync += n.eq(n - done)          # beats left to drop
+                        # the staged beat is lost; drop the beats still in the FIFO
+                        m.d.sync += [stage_full.eq(0), n.eq(n - done - 1)]
                         m.next = "W_DISCARD"
                     with m.Else():
                         m.d.sync += timer.eq(timer + 1)
-                with m.Else():
+                with m.Elif(done + stage_full != n):
                     m.d.comb += fifo.r_en.eq(1)
                     with m.If(have):
-                        with m.Switch(port_idx):
-                            for i in range(len(in_names)):
-                                with m.Case(i):
-                                    m.d.sync += holds[i].word_select(byte_idx, 8).eq(byte)
-                                    with m.If(byte_idx == last_byte):
-                                        m.d.sync += hold_valid[i].eq(1)
+                        m.d.sync += stage.word_select(byte_idx, 8).eq(byte)
                         with m.If(byte_idx == last_byte):
-                            m.d.sync += [byte_idx.eq(0), timer.eq(0), done.eq(done + 1)]
-                            with m.If(done + 1 == n):
-                                respond(Cat(Const(OK, 8), (done + 1)[:16]), 3)
+                            m.d.sync += [byte_idx.eq(0), stage_full.eq(1), timer.eq(0)]
                         with m.Else():
                             m.d.sync += byte_idx.eq(byte_idx + 1)
             with m.State("W_DISCARD"):
