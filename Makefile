@@ -52,6 +52,7 @@ report: $(STAMP)
 ## bench: cycles/utilisation from simulation, Fmax/resources from nextpnr -> benchmarks/results/
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/readme.py
 
 clean:
 	rm -rf build sim_build .pytest_cache .hypothesis

@@ -403,6 +403,8 @@ class HostLink(wiring.Component):
 
         stage = Signal(8 * max(max_in_bytes, 1))
         stage_full = Signal()
+        stage_left = Signal(16)      # WRITE beats still to read from the FIFO
+        move_left = Signal(16)       # WRITE beats still to hand to the unit
 
         # one holding register per input stream, so that a unit that joins several inputs
         # sees a beat waiting on each of them
@@ -453,6 +455,7 @@ class HostLink(wiring.Component):
                                 for i, name in enumerate(in_names):
                                     with m.Case(i):
                                         m.d.sync += last_byte.eq(beat_bytes(ins[name]) - 1)
+                            m.d.sync += [stage_left.eq(n), move_left.eq(n)]
                             m.next = "W_COLLECT"
                     with m.Case(Op.READ):
                         with m.If(port_idx >= len(out_names)):
@@ -507,22 +510,26 @@ class HostLink(wiring.Component):
                                     m.d.sync += [holds[i].eq(stage[:ins[name]]),
                                                  hold_valid[i].eq(1)]
                     with m.If(moved):
-                        m.d.sync += [stage_full.eq(0), timer.eq(0), done.eq(done + 1)]
-                        with m.If(done + 1 == n):
+                        m.d.sync += [stage_full.eq(0), timer.eq(0), done.eq(done + 1),
+                                     move_left.eq(move_left - 1)]
+                        with m.If(move_left == 1):
                             respond(Cat(Const(OK, 8), (done + 1)[:16]), 3)
                     with m.Elif(timer == self.timeout):
                         m.d.comb += set_timeout_flag.eq(1)
                         # the staged beat is lost; drop the beats still in the FIFO
-                        m.d.sync += [stage_full.eq(0), n.eq(n - done - 1)]
+                        m.d.sync += [stage_full.eq(0), n.eq(stage_left)]
                         m.next = "W_DISCARD"
                     with m.Else():
                         m.d.sync += timer.eq(timer + 1)
-                with m.Elif(done + stage_full != n):
+                # Counters compared with constants, not sums with `n`: this gate feeds the FIFO
+                # read enable, a timing-critical path on the iCE40.
+                with m.Elif(stage_left != 0):
                     m.d.comb += fifo.r_en.eq(1)
                     with m.If(have):
                         m.d.sync += stage.word_select(byte_idx, 8).eq(byte)
                         with m.If(byte_idx == last_byte):
-                            m.d.sync += [byte_idx.eq(0), stage_full.eq(1), timer.eq(0)]
+                            m.d.sync += [byte_idx.eq(0), stage_full.eq(1), timer.eq(0),
+                                         stage_left.eq(stage_left - 1)]
                         with m.Else():
                             m.d.sync += byte_idx.eq(byte_idx + 1)
             with m.State("W_DISCARD"):
