@@ -1,0 +1,1026 @@
+"""ViTCoD attention core: a Denser and a Sparser engine on shared PE lines, one head per command.
+
+Golden twin: :func:`vitaccel.golden.vitcod.attention_int_compiled`, bit for bit.
+
+Structure
+---------
+``lines`` PE lines of ``macs`` int8 MACs each. Per command (one head) the line split is set at
+run time: lines ``[0, lines_d)`` form the **Denser engine**, lines ``[lines_d, lines)`` the
+**Sparser engine**; both engines work concurrently in every phase. N, G, nnz, d (as ``chunks`` =
+ceil(d / macs) words per row) are run-time values bounded by the constructor's maxima.
+
+Phases (one command):
+
+1. LOAD. ``q``, ``k``, ``v`` rows (``chunks`` beats of ``macs`` int8 lanes per row, lanes past d
+   zero) fill the Q, K and V buffers. ``index`` (32-bit words) carries the compiled mask in
+   sections: ``glob_idx[G]``, ``sparse_cols[N-G]``, ``col_ptr[N-G+1]``, one word per CSC
+   entry (``row_idx`` and the entry's row-order position, see :func:`entry_word`),
+   ``row_cnt[N]``. The **CSC walker** runs while the entries stream in: it follows
+   ``col_ptr`` (stalling the stream one cycle per column boundary, so empty columns cost one
+   cycle) and expands the CSC into the index buffer of (row, column) pairs. The position is
+   the compiler's row-order permutation, as (word, bank) of the row-ordered score buffer. The
+   ``dense_valid`` stream carries the N x G validity bitmap in the Denser engine's word order
+   (one ``lines``-bit word per (group, query)).
+2. SDDMM. Denser engine, **K-stationary**: lines hold global keys ``glob[gb*lines_d + l]`` while
+   all N queries stream past; Q is broadcast from the Q buffer. Sparser engine: each line takes
+   one CSC entry per group (``lines_s`` consecutive entries, so a column's key stays on the
+   lines for as long as its entries last) and reads its Q row from the Denser engine's Q buffer
+   through its own read port (**Q forwarding**; Q is never loaded twice, G = 0 included). Every
+   line reduces a d-wide dot product over ``chunks`` cycles, requantises it into the log2
+   domain (``t``) and writes it: dense scores to the dense score buffer (one ``lines``-lane word
+   per (group, query), with the validity bit), sparse scores to ``lines`` score banks at the
+   entry's row-order position (one write per cycle, so a group takes ``max(chunks, lines_s)``
+   cycles).
+   Each engine also keeps its **row maxima** (a max tree over the dense lanes, then a
+   read-modify-write of the dense row-max buffer; the sparse writer does the same for the
+   sparse row-max buffer), so the softmax phase needs no extra pass over the scores.
+3. SOFTMAX + SpMM, **output-stationary**, row by row: ``m = max(m_dense, m_sparse)``;
+   ``e = exp2(m - t)`` on every line (LUT + shift); the lines switch to SpMM mode and multiply
+   ``e`` by the V row of their key; an adder tree per engine sums over its lines and both
+   engines add into the row's accumulator, and the row sum ``l`` likewise. Two accumulator
+   banks (ping-pong by row) let a row start while the previous one drains.
+4. NORMALISE (overlapped with the next rows): ``l = l_dense + l_sparse`` and ``acc_dense +
+   acc_sparse`` merged once into one of ``normalisers`` slots (round-robin), each with its own
+   :class:`~vitaccel.rtl.common.divider.Reciprocal` (iterative, ~37 cycles); the slots feed, in
+   row order, one product stage ``acc * r`` and a
+   :class:`~vitaccel.rtl.common.requant.Requantizer` to int8 on ``out`` (``chunks`` beats per
+   row, one per cycle).
+
+Errors (``error`` bits): ``ERR_BAD_CMD`` (sticky until reset) a command outside the
+configured limits (index-buffer overflow included) is rejected without consuming data and the
+core returns to idle, so it never hangs; the content errors below are per command (cleared when
+the next command is accepted): ``ERR_CSC`` malformed CSC (``col_ptr[0]
+!= 0``, non-monotone ``col_ptr``, ``col_ptr[-1] != nnz``, entries past the last column);
+``ERR_INDEX_RANGE`` an index out of range (row or column >= N, a bank/word outside the score
+buffer, row counts not summing to nnz). Content errors do not stop the core: every loop is
+bounded by the command's sizes, addresses are clamped, and the (meaningless) output is produced.
+
+Choices an FPGA engineer would make and the spec leaves open: exact row max (a read pass over
+the stored scores, cheaper than recomputing SDDMM); the row-order permutation precomputed
+offline (static mask) rather than read-modify-write scatter; K re-read from the line's K port
+every cycle instead of a d-byte register copy (same loop order and bandwidth, no FFs); Q, K and
+V have one read port per line (replicated block RAM), the price of independent sparse lines.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from vitaccel.golden.vitcod import ACC_BITS, E_BITS, EXP_LUT, RECIP_FRAC, T_BITS, T_FRAC
+from vitaccel.rtl.common.divider import Reciprocal
+from vitaccel.rtl.common.requant import SHIFT_WIDTH, Requantizer
+
+__all__ = ["VitCoDCore", "cmd_layout", "entry_word", "ERR_BAD_CMD", "ERR_CSC",
+           "ERR_INDEX_RANGE"]
+
+ERR_BAD_CMD = 1 << 0
+ERR_CSC = 1 << 1
+ERR_INDEX_RANGE = 1 << 2
+
+#: Width of the fields of a command beat (wide enough to carry, and reject, oversized values).
+CMD_FIELD_BITS = 16
+
+
+def cmd_layout():
+    """One command = one head: sizes, the line split and the group counts (checked in RTL)."""
+    return data.StructLayout({
+        "n": CMD_FIELD_BITS,             # tokens N (queries = keys)
+        "chunks": CMD_FIELD_BITS,        # ceil(d / macs): words per Q/K/V row
+        "g": CMD_FIELD_BITS,             # global (dense) columns G
+        "nnz": CMD_FIELD_BITS,           # sparse non-zeros
+        "lines_d": CMD_FIELD_BITS,       # lines of the Denser engine
+        "dense_groups": CMD_FIELD_BITS,  # ceil(G / lines_d)
+    })
+
+
+def entry_word(row: int, pos: int, lines: int) -> int:
+    """The ``index`` word of one CSC entry: its query row (bits 0-7) and its row-order position
+    ``pos`` as word (bits 8-23) and bank (bits 24-31) of the ``lines`` score banks."""
+    return row | ((pos // lines) << 8) | ((pos % lines) << 24)
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+class VitCoDCore(wiring.Component):
+    """ViTCoD Denser + Sparser engines (see the module docstring for the protocol).
+
+    Parameters: ``lines`` (>= 2) PE lines of ``macs`` MACs; maxima ``n_max`` (<= 256),
+    ``d_max``, ``g_max``, ``nnz_max`` (the CSC index buffer), ``dense_groups_max`` (the dense
+    score buffer holds ``dense_groups_max * n_max`` words), ``normalisers`` (reciprocal slots
+    working on consecutive rows in parallel).
+
+    Ports: ``cmd``, ``q``, ``k``, ``v``, ``index``, ``dense_valid`` In streams; ``out`` Out
+    stream of ``macs`` int8 lanes; plain inputs ``score_multiplier``/``score_shift`` and
+    ``out_multiplier``/``out_shift`` (from :func:`vitaccel.golden.vitcod.score_requant` /
+    :func:`~vitaccel.golden.vitcod.out_requant`); status outputs ``busy``, ``error``,
+    ``cycles`` (command accepted to last output), ``sddmm_cycles``, ``spmm_cycles``,
+    ``dense_busy``/``sparse_busy`` (cycles in which the engine issued work).
+    """
+
+    def __init__(self, lines=4, macs=4, n_max=32, d_max=16, g_max=8, nnz_max=256,
+                 dense_groups_max=8, normalisers=3):
+        for name, value, lo, hi in (("lines", lines, 2, 64), ("macs", macs, 1, 64),
+                                    ("n_max", n_max, 1, 256), ("d_max", d_max, 1, 1024),
+                                    ("g_max", g_max, 0, 256), ("nnz_max", nnz_max, 1, 65535),
+                                    ("dense_groups_max", dense_groups_max, 1, 256),
+                                    ("normalisers", normalisers, 1, 16)):
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                self._MustUse__used = True
+                raise ValueError(f"VitCoDCore.{name} must be an integer in [{lo}, {hi}], "
+                                 f"got {value!r}")
+        self.lines, self.macs = lines, macs
+        self.n_max, self.d_max, self.g_max = n_max, d_max, max(g_max, 1)
+        self.nnz_max, self.dense_groups_max = nnz_max, dense_groups_max
+        self.normalisers = normalisers
+        self.chunks_max = _ceil_div(d_max, macs)
+        self.qkv_depth = n_max * self.chunks_max
+        self.dense_depth = dense_groups_max * n_max
+        self.bank_depth = _ceil_div(nnz_max, lines)
+        self.col_bits = max(ceil_log2(n_max), 1)
+        super().__init__({
+            "cmd": In(stream.Signature(cmd_layout())),
+            "q": In(stream.Signature(data.ArrayLayout(signed(8), macs))),
+            "k": In(stream.Signature(data.ArrayLayout(signed(8), macs))),
+            "v": In(stream.Signature(data.ArrayLayout(signed(8), macs))),
+            "index": In(stream.Signature(unsigned(32))),
+            "dense_valid": In(stream.Signature(unsigned(lines))),
+            "out": Out(stream.Signature(data.ArrayLayout(signed(8), macs))),
+            "score_multiplier": In(16),
+            "score_shift": In(SHIFT_WIDTH),
+            "out_multiplier": In(16),
+            "out_shift": In(SHIFT_WIDTH),
+            "busy": Out(1),
+            "error": Out(3),
+            "cycles": Out(32),
+            "sddmm_cycles": Out(32),
+            "spmm_cycles": Out(32),
+            "dense_busy": Out(32),
+            "sparse_busy": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        L, P, FM = self.lines, self.macs, self.chunks_max
+        NM, CB = self.n_max, self.col_bits
+        T_MIN = -(1 << (T_BITS - 1))
+
+        # --- the command ---------------------------------------------------------------------
+        n = Signal(range(NM + 1))
+        f = Signal(range(FM + 1))
+        g = Signal(range(NM + 1))
+        nnz = Signal(range(self.nnz_max + 1))
+        ld = Signal(range(L + 1))                      # lines of the Denser engine
+        ls = Signal(range(L + 1))                      # lines of the Sparser engine
+        dgroups = Signal(range(self.dense_groups_max + 1))
+        s_period = Signal(range(max(FM, L) + 1))       # cycles per sparse SDDMM group
+        ncols = Signal(range(NM + 1))                  # sparse columns N - G
+        cmd = self.cmd.payload
+        cmd_ok = Signal()
+        m.d.comb += cmd_ok.eq(
+            (cmd.n >= 1) & (cmd.n <= NM) & (cmd.chunks >= 1) & (cmd.chunks <= FM)
+            & (cmd.g <= cmd.n) & (cmd.g <= self.g_max) & (cmd.nnz <= self.nnz_max)
+            & (cmd.lines_d <= L)
+            & Mux(cmd.g == 0, cmd.dense_groups == 0,
+                  (cmd.lines_d >= 1) & (cmd.dense_groups <= self.dense_groups_max)
+                  & (cmd.dense_groups * cmd.lines_d >= cmd.g)
+                  & ((cmd.dense_groups - 1) * cmd.lines_d < cmd.g))
+            & ((cmd.nnz == 0) | (cmd.lines_d < L)))
+
+        error = Signal(3)
+        m.d.comb += self.error.eq(error)
+
+        # --- buffers -------------------------------------------------------------------------
+        def qkv_memory(name):
+            mem = Memory(shape=unsigned(8 * P), depth=self.qkv_depth, init=[])
+            m.submodules[name] = mem
+            return mem, mem.write_port(), [mem.read_port() for _ in range(L)]
+
+        q_mem, q_wr, q_rd = qkv_memory("q_buffer")
+        k_mem, k_wr, k_rd = qkv_memory("k_buffer")
+        v_mem, v_wr, v_rd = qkv_memory("v_buffer")
+
+        m.submodules.glob_buffer = glob_mem = Memory(shape=unsigned(CB), depth=self.g_max, init=[])
+        glob_wr = glob_mem.write_port()
+        glob_rd = [glob_mem.read_port() for _ in range(L)]
+        m.submodules.scol_buffer = scol_mem = Memory(shape=unsigned(CB), depth=NM, init=[])
+        scol_wr = scol_mem.write_port()
+        scol_rd = scol_mem.read_port(domain="comb")
+        m.submodules.colptr_buffer = cptr_mem = Memory(
+            shape=unsigned(16), depth=NM + 1, init=[])
+        cptr_wr = cptr_mem.write_port()
+        cptr_rd = cptr_mem.read_port(domain="comb")
+        m.submodules.rowcnt_buffer = cnt_mem = Memory(shape=unsigned(16), depth=NM, init=[])
+        cnt_wr = cnt_mem.write_port()
+        cnt_rd = cnt_mem.read_port(domain="comb")
+        # The CSC index buffer, expanded by the walker: (row, column) and row-order position.
+        entry_rc_layout = data.StructLayout({"row": unsigned(CB), "col": unsigned(CB)})
+        entry_pos_layout = data.StructLayout({"word": unsigned(16), "bank": unsigned(8)})
+        m.submodules.entry_buffer = ent_mem = Memory(shape=entry_rc_layout, depth=self.nnz_max,
+                                                     init=[])
+        ent_wr = ent_mem.write_port()
+        ent_rd = [ent_mem.read_port() for _ in range(L)]
+        m.submodules.entry_pos_buffer = pos_mem = Memory(shape=entry_pos_layout,
+                                                         depth=self.nnz_max, init=[])
+        pos_wr = pos_mem.write_port()
+        pos_rd = [pos_mem.read_port() for _ in range(L)]
+        m.submodules.dense_valid_buffer = dv_mem = Memory(shape=unsigned(L),
+                                                          depth=self.dense_depth, init=[])
+        dv_wr = dv_mem.write_port()
+        dv_rd = dv_mem.read_port()
+        # Scores: dense words of L lanes {t, ok}; sparse banks of {t, col} in row order.
+        lane_layout = data.StructLayout({"t": signed(T_BITS), "ok": 1})
+        m.submodules.dense_scores = ds_mem = Memory(shape=data.ArrayLayout(lane_layout, L),
+                                                    depth=self.dense_depth, init=[])
+        ds_wr = ds_mem.write_port()
+        ds_rd = ds_mem.read_port()
+        bank_layout = data.StructLayout({"t": signed(T_BITS), "col": unsigned(CB)})
+        bank_wr, bank_rd = [], []
+        for b in range(L):
+            mem = Memory(shape=bank_layout, depth=self.bank_depth, init=[])
+            m.submodules[f"score_bank{b}"] = mem
+            bank_wr.append(mem.write_port())
+            bank_rd.append(mem.read_port())
+        # Row maxima of the scores, per engine, kept by read-modify-write during SDDMM (so the
+        # softmax phase needs no extra pass over the scores); cleared while row_cnt loads.
+        m.submodules.dense_row_max = md_mem = Memory(shape=signed(T_BITS), depth=NM, init=[])
+        md_wr = md_mem.write_port()
+        md_rd = md_mem.read_port(transparent_for=(md_wr,))
+        m.submodules.sparse_row_max = ms_mem = Memory(shape=signed(T_BITS), depth=NM, init=[])
+        ms_wr = ms_mem.write_port()
+        ms_rd = ms_mem.read_port(transparent_for=(ms_wr,))
+        lut_rd = []
+        for ln in range(L):
+            mem = Memory(shape=unsigned(E_BITS + 1), depth=len(EXP_LUT),
+                         init=[int(x) for x in EXP_LUT])
+            m.submodules[f"exp_lut{ln}"] = mem
+            lut_rd.append(mem.read_port())
+
+        # --- status counters -----------------------------------------------------------------
+        cycles = Signal(32)
+        sddmm_cycles = Signal(32)
+        spmm_cycles = Signal(32)
+        dense_busy = Signal(32)
+        sparse_busy = Signal(32)
+        m.d.comb += [self.cycles.eq(cycles), self.sddmm_cycles.eq(sddmm_cycles),
+                     self.spmm_cycles.eq(spmm_cycles), self.dense_busy.eq(dense_busy),
+                     self.sparse_busy.eq(sparse_busy)]
+
+        # ======================================================================================
+        # LOAD
+        # ======================================================================================
+        loading = Signal()
+
+        def row_loader(name, port, wr):
+            """Rows of ``f`` words at row * FM (stride FM, so no run-time multiplier)."""
+            base = Signal(range(self.qkv_depth + FM + 1), name=f"{name}_base")
+            chunk = Signal(range(FM + 1), name=f"{name}_chunk")
+            row = Signal(range(NM + 1), name=f"{name}_row")
+            done = Signal(name=f"{name}_done")
+            m.d.comb += [wr.addr.eq(base + chunk), wr.data.eq(port.payload),
+                         port.ready.eq(loading & ~done)]
+            with m.If(port.valid & port.ready):
+                m.d.comb += wr.en.eq(1)
+                with m.If(chunk == f - 1):
+                    m.d.sync += [chunk.eq(0), base.eq(base + FM), row.eq(row + 1)]
+                    with m.If(row == n - 1):
+                        m.d.sync += done.eq(1)
+                with m.Else():
+                    m.d.sync += chunk.eq(chunk + 1)
+            return [base.eq(0), chunk.eq(0), row.eq(0), done.eq(0)], done
+
+        q_reset, q_done = row_loader("q", self.q, q_wr)
+        k_reset, k_done = row_loader("k", self.k, k_wr)
+        v_reset, v_done = row_loader("v", self.v, v_wr)
+
+        # dense validity bitmap: dgroups * n words
+        dv_addr = Signal(range(self.dense_depth + 1))
+        dv_done = Signal()
+        m.d.comb += [dv_wr.addr.eq(dv_addr), dv_wr.data.eq(self.dense_valid.payload),
+                     self.dense_valid.ready.eq(loading & ~dv_done)]
+        dv_total = Signal(range(self.dense_depth + 1))
+        with m.If(self.dense_valid.valid & self.dense_valid.ready):
+            m.d.comb += dv_wr.en.eq(1)
+            m.d.sync += dv_addr.eq(dv_addr + 1)
+            with m.If(dv_addr + 1 == dv_total):
+                m.d.sync += dv_done.eq(1)
+
+        # index sections and the CSC walker
+        SEC_GLOB, SEC_SCOL, SEC_CPTR, SEC_ENTRY, SEC_CNT, SEC_DONE = range(6)
+        sec = Signal(range(6))
+        sec_i = Signal(16)                  # word within the section
+        sec_len = Signal(17)
+        word = self.index.payload
+        cptr_prev = Signal(16)
+        walk_col = Signal(range(NM + 1))    # current sparse column of the walker
+        cnt_sum = Signal(range(self.nnz_max * 2 + NM * 65536))
+        m.d.comb += [
+            glob_wr.addr.eq(sec_i), glob_wr.data.eq(word),
+            scol_wr.addr.eq(sec_i), scol_wr.data.eq(word),
+            cptr_wr.addr.eq(sec_i), cptr_wr.data.eq(word),
+            cnt_wr.addr.eq(sec_i), cnt_wr.data.eq(word),
+            ent_wr.addr.eq(sec_i), ent_wr.data.row.eq(word[:8]),
+            pos_wr.addr.eq(sec_i), pos_wr.data.word.eq(word[8:24]),
+            pos_wr.data.bank.eq(word[24:32]),
+            cptr_rd.addr.eq(walk_col + 1),
+            scol_rd.addr.eq(walk_col),
+            ent_wr.data.col.eq(scol_rd.data),
+        ]
+        with m.Switch(sec):
+            with m.Case(SEC_GLOB):
+                m.d.comb += sec_len.eq(g)
+            with m.Case(SEC_SCOL):
+                m.d.comb += sec_len.eq(ncols)
+            with m.Case(SEC_CPTR):
+                m.d.comb += sec_len.eq(ncols + 1)
+            with m.Case(SEC_ENTRY):
+                m.d.comb += sec_len.eq(nnz)
+            with m.Case(SEC_CNT):
+                m.d.comb += sec_len.eq(n)
+        sec_empty = Signal()
+        m.d.comb += sec_empty.eq((sec != SEC_DONE) & (sec_len == 0))
+        # the walker: the entry at sec_i belongs to walk_col once sec_i < col_ptr[walk_col + 1]
+        walk_step = Signal()
+        m.d.comb += walk_step.eq((sec == SEC_ENTRY) & (sec_i >= cptr_rd.data)
+                                 & (walk_col + 1 < ncols))
+        accept = Signal()
+        m.d.comb += [
+            self.index.ready.eq(loading & (sec != SEC_DONE) & ~sec_empty & ~walk_step),
+            accept.eq(self.index.valid & self.index.ready),
+        ]
+        with m.If(loading & sec_empty):
+            m.d.sync += [sec.eq(sec + 1), sec_i.eq(0)]
+        with m.If(loading & walk_step):
+            m.d.sync += walk_col.eq(walk_col + 1)
+        with m.If(accept):
+            with m.Switch(sec):
+                with m.Case(SEC_GLOB):
+                    m.d.comb += glob_wr.en.eq(1)
+                    with m.If(word >= n):
+                        m.d.sync += error.eq(error | ERR_INDEX_RANGE)
+                with m.Case(SEC_SCOL):
+                    m.d.comb += scol_wr.en.eq(1)
+                    with m.If(word >= n):
+                        m.d.sync += error.eq(error | ERR_INDEX_RANGE)
+                with m.Case(SEC_CPTR):
+                    m.d.comb += cptr_wr.en.eq(1)
+                    m.d.sync += cptr_prev.eq(word)
+                    with m.If(((sec_i == 0) & (word != 0)) | ((sec_i != 0) & (word < cptr_prev))
+                              | ((sec_i == sec_len - 1) & (word != nnz)) | (word >> 16 != 0)):
+                        m.d.sync += error.eq(error | ERR_CSC)
+                with m.Case(SEC_ENTRY):
+                    m.d.comb += [ent_wr.en.eq(1), pos_wr.en.eq(1)]
+                    pos_word, pos_bank = word[8:24], word[24:32]
+                    with m.If((word[:8] >= n) | (pos_bank >= L) | (pos_word >= self.bank_depth)
+                              | (pos_word * L + pos_bank >= nnz)):
+                        m.d.sync += error.eq(error | ERR_INDEX_RANGE)
+                    with m.If(sec_i >= cptr_rd.data):        # ran past the last column
+                        m.d.sync += error.eq(error | ERR_CSC)
+                with m.Case(SEC_CNT):
+                    m.d.comb += [cnt_wr.en.eq(1), md_wr.en.eq(1), ms_wr.en.eq(1),
+                                 md_wr.addr.eq(sec_i), ms_wr.addr.eq(sec_i),
+                                 md_wr.data.eq(T_MIN), ms_wr.data.eq(T_MIN)]
+                    m.d.sync += cnt_sum.eq(cnt_sum + word)
+            with m.If(sec_i == sec_len - 1):
+                m.d.sync += [sec.eq(sec + 1), sec_i.eq(0)]
+            with m.Else():
+                m.d.sync += sec_i.eq(sec_i + 1)
+        index_done = Signal()
+        m.d.comb += index_done.eq(sec == SEC_DONE)
+
+        # ======================================================================================
+        # Line pipelines (shared by both phases; the mode selects the operands)
+        # ======================================================================================
+        phase2 = Signal()                  # lines in SpMM mode
+        is_dense = Signal(L)               # line l belongs to the Denser engine: l < lines_d
+
+        # --- phase 1 issue (comb) ---
+        p1_run = Signal()
+        d_run, s_run = Signal(), Signal()
+        d_gbase = Signal(range(self.g_max + L + 1))
+        d_row = Signal(range(NM + 1))
+        d_word = Signal(range(self.dense_depth + NM + 1))
+        d_chunk = Signal(range(FM + 1))
+        s_kbase = Signal(range(self.nnz_max + L + 1))
+        s_tick = Signal(range(max(FM, L) + 1))
+        s_chunk = Signal(range(FM + 1))
+        d_issue = Signal()
+        s_issue = Signal()
+        m.d.comb += [d_issue.eq(p1_run & d_run), s_issue.eq(p1_run & s_run & (s_tick < f))]
+        m.d.comb += s_chunk.eq(s_tick)
+
+        # --- phase 2 issue (comb) ---
+        r_row = Signal(range(NM + 1))
+        r_dword = Signal(range(self.dense_depth + NM + 1))
+        r_gbase = Signal(range(self.g_max + L + 1))
+        r_dgroup = Signal(range(self.dense_groups_max + 1))
+        r_dchunk = Signal(range(FM + 1))
+        r_p = Signal(range(self.nnz_max + L + 1))      # row-order position of the group
+        r_pword = Signal(range(self.bank_depth + 2))
+        r_pbank = Signal(range(L))
+        # row counts come from the host (16 bits each, checked only by their sum): wide enough
+        # never to wrap, so a bad count cannot make a row loop forever
+        r_pend = Signal(range(self.nnz_max + NM * 65536))
+        # sparse groups step by lines_s, the row's last group only by what is left, so the
+        # position (and its bank/word) lands exactly on the next row's first entry
+        r_pstep = Signal(range(L + 1))
+        m.d.comb += r_pstep.eq(Mux(r_p + ls > r_pend, r_pend - r_p, ls))
+        r_schunk = Signal(range(FM + 1))
+        o2_d = Signal()                     # dense part of the op valid
+        o2_s = Signal()                     # sparse part valid
+        o2_last = Signal()                  # last op of the row step
+        m_issue = Signal(signed(T_BITS))    # row max used by exp: max of both engines' maxima
+        r_bank = Signal()                   # accumulator bank of the row (ping-pong)
+
+        # index-port addresses for the issue cycle
+        for ln in range(L):
+            m.d.comb += [
+                glob_rd[ln].addr.eq(Mux(phase2, r_gbase, d_gbase) + ln),
+                ent_rd[ln].addr.eq(s_kbase + ln - ld),
+                pos_rd[ln].addr.eq(s_kbase + ln - ld),
+            ]
+        m.d.comb += [dv_rd.addr.eq(d_word), ds_rd.addr.eq(r_dword)]
+        for b in range(L):
+            m.d.comb += bank_rd[b].addr.eq(r_pword + (b < r_pbank))
+
+        # --- stage 1 registers ---
+        st1 = [dict(v=Signal(name=f"l{ln}_s1_v"), first=Signal(name=f"l{ln}_s1_first"), last=Signal(name=f"l{ln}_s1_last"),
+                    chunk=Signal(range(FM + 1), name=f"l{ln}_s1_chunk"))
+               for ln in range(L)]
+        s1_drow = Signal(range(NM + 1))
+        s1_dword = Signal.like(d_word)
+        s1_dactive = Signal(L)
+        s1_sactive = Signal(L)
+        s1_d, s1_s, s1_last, s1_bank = Signal(), Signal(), Signal(), Signal()
+        s1_m = Signal(signed(T_BITS))
+        s1_dchunk = Signal(range(FM + 1))
+        s1_schunk = Signal(range(FM + 1))
+        s1_dfirst, s1_sfirst = Signal(), Signal()
+        s1_pbank = Signal(range(L))
+
+        m.d.sync += [s1_drow.eq(d_row), s1_dword.eq(d_word)]
+        for ln in range(L):
+            dense_line = is_dense[ln]
+            with m.If(~phase2):
+                m.d.sync += [
+                    st1[ln]["v"].eq(Mux(dense_line, d_issue, s_issue)),
+                    st1[ln]["chunk"].eq(Mux(dense_line, d_chunk, s_chunk)),
+                    st1[ln]["first"].eq(Mux(dense_line, d_chunk == 0, s_chunk == 0)),
+                    st1[ln]["last"].eq(Mux(dense_line, d_chunk == f - 1, s_chunk == f - 1)),
+                    s1_dactive[ln].eq(d_gbase + ln < g),
+                    s1_sactive[ln].eq(s_kbase + ln - ld < nnz),
+                ]
+            with m.Else():
+                m.d.sync += [
+                    st1[ln]["v"].eq(0),
+                    s1_dactive[ln].eq(r_gbase + ln < g),
+                    s1_sactive[ln].eq(r_p + ln - ld < r_pend),
+                ]
+        m.d.sync += [s1_d.eq(o2_d & phase2), s1_s.eq(o2_s & phase2),
+                     s1_last.eq(o2_last & phase2), s1_bank.eq(r_bank), s1_m.eq(m_issue),
+                     s1_dchunk.eq(r_dchunk),
+                     s1_schunk.eq(r_schunk), s1_dfirst.eq(r_dchunk == 0),
+                     s1_sfirst.eq(r_schunk == 0), s1_pbank.eq(r_pbank)]
+
+        # --- stage 1 (comb): operand addresses; phase 2 lane selection, row max, exp LUT ---
+        line_t = [Signal(signed(T_BITS), name=f"l{ln}_t") for ln in range(L)]
+        line_ok = [Signal(name=f"l{ln}_ok") for ln in range(L)]
+        line_col = [Signal(CB, name=f"l{ln}_col") for ln in range(L)]
+        for ln in range(L):
+            dense_line = is_dense[ln]
+            ent = ent_rd[ln].data
+            row1 = Signal(CB, name=f"l{ln}_p1_row")
+            col1 = Signal(CB, name=f"l{ln}_p1_col")
+            m.d.comb += [
+                row1.eq(Mux(dense_line, s1_drow, ent.row)),
+                col1.eq(Mux(dense_line, glob_rd[ln].data, ent.col)),
+            ]
+            # phase 2: dense lanes from the dense score word, sparse lanes from the banks
+            bank_sel = Signal(range(2 * L + 1), name=f"l{ln}_bank")
+            m.d.comb += bank_sel.eq(s1_pbank + ln - ld)
+            bank_lane = Signal(bank_layout, name=f"l{ln}_bank_lane")
+            with m.Switch(Mux(bank_sel >= L, bank_sel - L, bank_sel)):
+                for b in range(L):
+                    with m.Case(b):
+                        m.d.comb += bank_lane.eq(bank_rd[b].data)
+            dlane = ds_rd.data[ln]
+            m.d.comb += [
+                line_t[ln].eq(Mux(dense_line, dlane.t, bank_lane.t)),
+                line_ok[ln].eq(Mux(dense_line, dlane.ok & s1_dactive[ln] & s1_d,
+                                   s1_sactive[ln] & s1_s)),
+                line_col[ln].eq(Mux(dense_line, glob_rd[ln].data, bank_lane.col)),
+            ]
+            chunk2 = Mux(dense_line, s1_dchunk, s1_schunk)
+            row_sel = Mux(phase2, 0, row1)
+            col_sel = Mux(phase2, line_col[ln], col1)
+            chunk_sel = Mux(phase2, chunk2, st1[ln]["chunk"])
+            m.d.comb += [
+                q_rd[ln].addr.eq(row_sel * FM + chunk_sel),
+                k_rd[ln].addr.eq(col_sel * FM + chunk_sel),
+                v_rd[ln].addr.eq(col_sel * FM + chunk_sel),
+            ]
+
+        # phase-2 exp front end: x = m - t, LUT address; carried to stage 2
+        s2_xi = [Signal(range(32), name=f"l{ln}_s2_xi") for ln in range(L)]
+        s2_ok = [Signal(name=f"l{ln}_s2_ok") for ln in range(L)]
+        for ln in range(L):
+            x = Signal(signed(T_BITS + 1), name=f"l{ln}_x")
+            m.d.comb += [x.eq(s1_m - line_t[ln]), lut_rd[ln].addr.eq(x[:T_FRAC])]
+            xi = x >> T_FRAC
+            m.d.sync += [s2_xi[ln].eq(Mux(xi > 31, 31, xi)), s2_ok[ln].eq(line_ok[ln])]
+
+        # --- stage 2 registers (phase-1 tags) ---
+        s2 = [dict(v=Signal(name=f"l{ln}_s2_v"), ok=Signal(name=f"l{ln}_s2_pok"),
+                   first=Signal(name=f"l{ln}_s2_first"), last=Signal(name=f"l{ln}_s2_last"),
+                   pos=Signal(entry_pos_layout, name=f"l{ln}_s2_pos"),
+                   col=Signal(CB, name=f"l{ln}_s2_col"), row=Signal(CB, name=f"l{ln}_s2_row"))
+              for ln in range(L)]
+        s2_dword = Signal.like(d_word)
+        m.d.sync += s2_dword.eq(s1_dword)
+        for ln in range(L):
+            dense_line = is_dense[ln]
+            m.d.sync += [
+                s2[ln]["v"].eq(st1[ln]["v"]),
+                s2[ln]["ok"].eq(Mux(dense_line, s1_dactive[ln] & dv_rd.data[ln],
+                                    s1_sactive[ln])),
+                s2[ln]["first"].eq(st1[ln]["first"]),
+                s2[ln]["last"].eq(st1[ln]["last"]),
+                s2[ln]["pos"].eq(pos_rd[ln].data),
+                s2[ln]["col"].eq(ent_rd[ln].data.col),
+                s2[ln]["row"].eq(Mux(dense_line, s1_drow, ent_rd[ln].data.row)),
+            ]
+        s2_d, s2_s, s2_last, s2_bank = Signal(), Signal(), Signal(), Signal()
+        s2_dchunk, s2_schunk = Signal.like(s1_dchunk), Signal.like(s1_schunk)
+        s2_dfirst, s2_sfirst = Signal(), Signal()
+        m.d.sync += [s2_d.eq(s1_d), s2_s.eq(s1_s), s2_last.eq(s1_last), s2_bank.eq(s1_bank),
+                     s2_dchunk.eq(s1_dchunk),
+                     s2_schunk.eq(s1_schunk), s2_dfirst.eq(s1_dfirst), s2_sfirst.eq(s1_sfirst)]
+
+        # --- stage 2 (comb): e = rshift_round(LUT, xi); operand selection for the multipliers
+        s3_a = [[Signal(signed(E_BITS + 2), name=f"l{ln}_s3_a{j}") for j in range(P)]
+                for ln in range(L)]
+        s3_b = [[Signal(signed(8), name=f"l{ln}_s3_b{j}") for j in range(P)] for ln in range(L)]
+        s3_e = [Signal(E_BITS + 1, name=f"l{ln}_s3_e") for ln in range(L)]
+        for ln in range(L):
+            lut = lut_rd[ln].data
+            doubled = Signal(E_BITS + 2, name=f"l{ln}_lut2")
+            m.d.comb += doubled.eq(Cat(Const(0, 1), lut) >> s2_xi[ln])
+            e = Signal(E_BITS + 1, name=f"l{ln}_e")
+            m.d.comb += e.eq(Mux(s2_ok[ln], (doubled + 1) >> 1, 0))
+            m.d.sync += s3_e[ln].eq(e)
+            for j in range(P):
+                qv = q_rd[ln].data.word_select(j, 8).as_signed()
+                kv = k_rd[ln].data.word_select(j, 8).as_signed()
+                vv = v_rd[ln].data.word_select(j, 8).as_signed()
+                m.d.sync += [
+                    s3_a[ln][j].eq(Mux(phase2, e, qv)),
+                    s3_b[ln][j].eq(Mux(phase2, vv, kv)),
+                ]
+
+        # --- stage 3: products (the line's P multipliers, shared by both modes) ---
+        s4_prod = [[Signal(signed(E_BITS + 10), name=f"l{ln}_s4_p{j}") for j in range(P)]
+                   for ln in range(L)]
+        for ln in range(L):
+            for j in range(P):
+                m.d.sync += s4_prod[ln][j].eq(s3_a[ln][j] * s3_b[ln][j])
+        s3 = [dict(v=Signal(name=f"l{ln}_s3_v"), ok=Signal(name=f"l{ln}_s3_ok"),
+                   first=Signal(name=f"l{ln}_s3_first"), last=Signal(name=f"l{ln}_s3_last"),
+                   pos=Signal(entry_pos_layout, name=f"l{ln}_s3_pos"),
+                   col=Signal(CB, name=f"l{ln}_s3_col"),
+                   row=Signal(CB, name=f"l{ln}_s3_row")) for ln in range(L)]
+        s4 = [dict(v=Signal(name=f"l{ln}_s4_v"), ok=Signal(name=f"l{ln}_s4_ok"),
+                   first=Signal(name=f"l{ln}_s4_first"), last=Signal(name=f"l{ln}_s4_last"),
+                   pos=Signal(entry_pos_layout, name=f"l{ln}_s4_pos"),
+                   col=Signal(CB, name=f"l{ln}_s4_col"),
+                   row=Signal(CB, name=f"l{ln}_s4_row")) for ln in range(L)]
+        for ln in range(L):
+            for key in s2[ln]:
+                m.d.sync += [s3[ln][key].eq(s2[ln][key]), s4[ln][key].eq(s3[ln][key])]
+        s3_dword, s4_dword = Signal.like(d_word), Signal.like(d_word)
+        m.d.sync += [s3_dword.eq(s2_dword), s4_dword.eq(s3_dword)]
+        # phase-2 tags through stages 3 and 4
+        s3_tags = Signal(6 + 2 * len(s1_dchunk))
+        s4_tags = Signal.like(s3_tags)
+        m.d.sync += [s3_tags.eq(Cat(s2_d, s2_s, s2_last, s2_dfirst, s2_sfirst, s2_bank,
+                                    s2_dchunk, s2_schunk)),
+                     s4_tags.eq(s3_tags)]
+        s4_e = [Signal(E_BITS + 1, name=f"l{ln}_s4_e") for ln in range(L)]
+        for ln in range(L):
+            m.d.sync += s4_e[ln].eq(s3_e[ln])
+
+        # --- stage 4, phase 1: lane tree of the dot product; phase 2: trees across lines ---
+        dot_w = 16 + ceil_log2(P) + 1
+        s5_dot = [Signal(signed(dot_w), name=f"l{ln}_s5_dot") for ln in range(L)]
+        for ln in range(L):
+            total = s4_prod[ln][0]
+            for j in range(1, P):
+                total = total + s4_prod[ln][j]
+            m.d.sync += s5_dot[ln].eq(total)
+        s5 = [dict(v=Signal(name=f"l{ln}_s5_v"), ok=Signal(name=f"l{ln}_s5_ok"),
+                   first=Signal(name=f"l{ln}_s5_first"), last=Signal(name=f"l{ln}_s5_last"),
+                   pos=Signal(entry_pos_layout, name=f"l{ln}_s5_pos"),
+                   col=Signal(CB, name=f"l{ln}_s5_col"),
+                   row=Signal(CB, name=f"l{ln}_s5_row")) for ln in range(L)]
+        for ln in range(L):
+            for key in s4[ln]:
+                m.d.sync += s5[ln][key].eq(s4[ln][key])
+        s5_dword = Signal.like(d_word)
+        m.d.sync += s5_dword.eq(s4_dword)
+
+        sum_w = E_BITS + 10 + ceil_log2(L) + 1
+        s5_dsum = [Signal(signed(sum_w), name=f"s5_dsum{j}") for j in range(P)]
+        s5_ssum = [Signal(signed(sum_w), name=f"s5_ssum{j}") for j in range(P)]
+        s5_de = Signal(E_BITS + 1 + ceil_log2(L) + 1)
+        s5_se = Signal.like(s5_de)
+        for j in range(P):
+            dsum = 0
+            ssum = 0
+            for ln in range(L):
+                dsum = dsum + Mux(is_dense[ln], s4_prod[ln][j], 0)
+                ssum = ssum + Mux(is_dense[ln], 0, s4_prod[ln][j])
+            m.d.sync += [s5_dsum[j].eq(dsum), s5_ssum[j].eq(ssum)]
+        de, se = 0, 0
+        for ln in range(L):
+            de = de + Mux(is_dense[ln], s4_e[ln], 0)
+            se = se + Mux(is_dense[ln], 0, s4_e[ln])
+        m.d.sync += [s5_de.eq(de), s5_se.eq(se)]
+        s5_tags = Signal.like(s3_tags)
+        m.d.sync += s5_tags.eq(s4_tags)
+
+        # --- stage 5, phase 1: accumulate the dot product; on the last chunk -> requantiser ---
+        acc1 = [Signal(signed(32), name=f"l{ln}_score_acc") for ln in range(L)]
+        s6 = [dict(v=Signal(name=f"l{ln}_s6_v"), ok=Signal(name=f"l{ln}_s6_ok"),
+                   pos=Signal(entry_pos_layout, name=f"l{ln}_s6_pos"),
+                   col=Signal(CB, name=f"l{ln}_s6_col"),
+                   row=Signal(CB, name=f"l{ln}_s6_row")) for ln in range(L)]
+        s6_dword = Signal.like(d_word)
+        m.d.sync += s6_dword.eq(s5_dword)
+        requants = []
+        for ln in range(L):
+            total = Mux(s5[ln]["first"], 0, acc1[ln]) + s5_dot[ln]
+            with m.If(s5[ln]["v"]):
+                m.d.sync += acc1[ln].eq(total)
+            m.d.sync += [s6[ln]["v"].eq(s5[ln]["v"] & s5[ln]["last"]),
+                         s6[ln]["ok"].eq(s5[ln]["ok"]),
+                         s6[ln]["pos"].eq(s5[ln]["pos"]), s6[ln]["col"].eq(s5[ln]["col"]),
+                         s6[ln]["row"].eq(s5[ln]["row"])]
+            rq = Requantizer(lanes=1, in_width=32, out_width=T_BITS)
+            m.submodules[f"score_requant{ln}"] = rq
+            requants.append(rq)
+            m.d.comb += [
+                rq.i.valid.eq(s6[ln]["v"]), rq.i.payload[0].eq(acc1[ln]),
+                rq.multiplier.eq(self.score_multiplier), rq.shift.eq(self.score_shift),
+                rq.o.ready.eq(1),          # never stalls: the requantiser has a fixed latency
+            ]
+        # tags delayed by the requantiser latency
+        tag_layout = data.StructLayout({"ok": 1, "pos": entry_pos_layout, "col": unsigned(CB),
+                                        "row": unsigned(CB)})
+        tags_out = []
+        for ln in range(L):
+            prev = Signal(tag_layout, name=f"l{ln}_rq_tag0")
+            m.d.comb += [prev.ok.eq(s6[ln]["ok"]), prev.pos.eq(s6[ln]["pos"]),
+                         prev.col.eq(s6[ln]["col"]), prev.row.eq(s6[ln]["row"])]
+            for st in range(Requantizer.LATENCY):
+                nxt = Signal(tag_layout, name=f"l{ln}_rq_tag{st + 1}")
+                m.d.sync += nxt.eq(prev)
+                prev = nxt
+            tags_out.append(prev)
+        dword_out = s6_dword
+        for st in range(Requantizer.LATENCY):
+            nxt = Signal.like(d_word, name=f"rq_dword{st + 1}")
+            m.d.sync += nxt.eq(dword_out)
+            dword_out = nxt
+
+        # dense score write: all dense lines finish together
+        dense_write = Signal()
+        m.d.comb += dense_write.eq(requants[0].o.valid & is_dense[0])
+        m.d.comb += [ds_wr.addr.eq(dword_out), ds_wr.en.eq(dense_write)]
+        for ln in range(L):
+            m.d.comb += [ds_wr.data[ln].t.eq(requants[ln].o.payload[0]),
+                         ds_wr.data[ln].ok.eq(is_dense[ln] & tags_out[ln].ok)]
+        # dense row max: max over the dense lanes, then read-modify-write of md[row]
+        cand = [Mux(is_dense[ln] & tags_out[ln].ok, requants[ln].o.payload[0], T_MIN)
+                for ln in range(L)]
+        while len(cand) > 1:
+            cand = [Mux(cand[a] > cand[a + 1], cand[a], cand[a + 1])
+                    for a in range(0, len(cand) - 1, 2)] + ([cand[-1]] if len(cand) % 2 else [])
+        dmax_v = Signal()
+        dmax_row = Signal(CB)
+        dmax_t = Signal(signed(T_BITS))
+        m.d.sync += [dmax_v.eq(dense_write), dmax_row.eq(tags_out[0].row), dmax_t.eq(cand[0])]
+        # sparse scores: one holding register per line, written one per cycle into the banks
+        hold_full = Signal(L)
+        hold_layout = data.StructLayout({"t": signed(T_BITS), "pos": entry_pos_layout,
+                                         "col": unsigned(CB), "row": unsigned(CB)})
+        hold = [Signal(hold_layout, name=f"l{ln}_hold") for ln in range(L)]
+        write_sel = Signal(range(L))
+        write_any = Signal()
+        for ln in reversed(range(L)):
+            with m.If(hold_full[ln]):
+                m.d.comb += [write_sel.eq(ln), write_any.eq(1)]
+        wsel = Signal(hold_layout)
+        with m.Switch(write_sel):
+            for ln in range(L):
+                with m.Case(ln):
+                    m.d.comb += wsel.eq(hold[ln])
+        for b in range(L):
+            m.d.comb += [bank_wr[b].addr.eq(wsel.pos.word), bank_wr[b].data.t.eq(wsel.t),
+                         bank_wr[b].data.col.eq(wsel.col),
+                         bank_wr[b].en.eq(write_any & (wsel.pos.bank == b)
+                                          & (wsel.pos.word < self.bank_depth))]
+        for ln in range(L):
+            clear = write_any & (write_sel == ln)
+            arrive = requants[ln].o.valid & ~is_dense[ln] & tags_out[ln].ok
+            with m.If(arrive):
+                m.d.sync += [hold_full[ln].eq(1), hold[ln].t.eq(requants[ln].o.payload[0]),
+                             hold[ln].pos.eq(tags_out[ln].pos), hold[ln].col.eq(tags_out[ln].col),
+                             hold[ln].row.eq(tags_out[ln].row)]
+            with m.Elif(clear):
+                m.d.sync += hold_full[ln].eq(0)
+
+        smax_v = Signal()
+        smax_row = Signal(CB)
+        smax_t = Signal(signed(T_BITS))
+        m.d.sync += [smax_v.eq(write_any), smax_row.eq(wsel.row), smax_t.eq(wsel.t)]
+        # the RMW: read at the write cycle (transparent ports see the previous cycle's update),
+        # write the max one cycle later; the ports serve LOAD (clear) and phase 2 (read) too
+        with m.If(~loading):
+            m.d.comb += [md_wr.addr.eq(dmax_row), md_wr.en.eq(dmax_v),
+                         md_wr.data.eq(Mux(dmax_t > md_rd.data, dmax_t, md_rd.data)),
+                         ms_wr.addr.eq(smax_row), ms_wr.en.eq(smax_v),
+                         ms_wr.data.eq(Mux(smax_t > ms_rd.data, smax_t, ms_rd.data))]
+        m.d.comb += [md_rd.addr.eq(Mux(phase2, r_row, tags_out[0].row)),
+                     ms_rd.addr.eq(Mux(phase2, r_row, wsel.row)),
+                     m_issue.eq(Mux(md_rd.data > ms_rd.data, md_rd.data, ms_rd.data))]
+
+        # --- stage 5, phase 2: accumulate the output rows of both engines ---
+        # Two accumulator banks (ping-pong by row parity), so a row can start while the last
+        # ops of the previous one are still in flight; both engines add into the same row.
+        acc = [[Signal(signed(ACC_BITS), name=f"acc{b}_{x}") for x in range(FM * P)]
+               for b in range(2)]
+        lsum = [Signal(E_BITS + 1 + ceil_log2(NM + 1) + 1, name=f"lsum{b}") for b in range(2)]
+        t5 = data.View(data.StructLayout({"d": 1, "s": 1, "last": 1, "dfirst": 1, "sfirst": 1,
+                                          "bank": 1, "dchunk": len(s1_dchunk),
+                                          "schunk": len(s1_schunk)}), s5_tags)
+        addend = [[Signal(signed(sum_w + 1), name=f"addend{c}_{j}") for j in range(P)]
+                  for c in range(FM)]
+        for c in range(FM):
+            for j in range(P):
+                m.d.comb += addend[c][j].eq(Mux(t5.d & (t5.dchunk == c), s5_dsum[j], 0)
+                                            + Mux(t5.s & (t5.schunk == c), s5_ssum[j], 0))
+        l_add = Mux(t5.d & t5.dfirst, s5_de, 0) + Mux(t5.s & t5.sfirst, s5_se, 0)
+        bank_clear = Signal(2)
+        for b in range(2):
+            with m.If(bank_clear[b]):
+                m.d.sync += [a.eq(0) for a in acc[b]] + [lsum[b].eq(0)]
+            with m.Elif((t5.d | t5.s) & (t5.bank == b)):
+                for c in range(FM):
+                    for j in range(P):
+                        m.d.sync += acc[b][c * P + j].eq(acc[b][c * P + j] + addend[c][j])
+                m.d.sync += lsum[b].eq(lsum[b] + l_add)
+        row_done = Signal()
+        m.d.comb += row_done.eq(t5.last)
+        l_d = lsum[0]         # (width reference for the normaliser)
+
+        # ======================================================================================
+        # NORMALISE: l = l_d + l_s, r = 2**32 / l, out = requantize((acc_d + acc_s) * r)
+        # ``normalisers`` slots, each with its own reciprocal unit (an iterative divider, ~37
+        # cycles), take rows round-robin, so a row leaves every ~37 / normalisers cycles; the
+        # slots hand their rows to one product stage + requantiser in the same order.
+        # ======================================================================================
+        K = self.normalisers
+        SW = ACC_BITS + 1                              # merged accumulator width
+        slot_full = Signal(K)                          # holds a row
+        slot_rq_sent = Signal(K)                       # l handed to its reciprocal unit
+        slot_ready = Signal(K)                         # r known: may stream out
+        slot_acc = [[Signal(signed(SW), name=f"norm{j}_acc{x}") for x in range(FM * P)]
+                    for j in range(K)]
+        slot_l = [Signal(len(l_d) + 1, name=f"norm{j}_l") for j in range(K)]
+        slot_r = [Signal(E_BITS + 3, name=f"norm{j}_r") for j in range(K)]
+        in_turn = Signal(range(K))
+        out_turn = Signal(range(K))
+        acc_pending = Signal(2)             # a bank holds a finished row, waiting for a slot
+        bank_busy = Signal(2)               # a bank is in use by a row (issued, not handed off)
+        hand_bank = Signal()                # rows are handed off in order: banks alternate
+        with m.If(row_done):
+            m.d.sync += acc_pending.bit_select(t5.bank, 1).eq(1)
+        # The row's last op updates its bank in the cycle of ``row_done``: hand off (copy and
+        # clear) from the next cycle on, once the next slot is free.
+        handoff = Signal()
+        m.d.comb += handoff.eq(acc_pending.bit_select(hand_bank, 1)
+                               & ~slot_full.bit_select(in_turn, 1))
+        with m.If(handoff):
+            m.d.comb += bank_clear.bit_select(hand_bank, 1).eq(1)
+            m.d.sync += [acc_pending.bit_select(hand_bank, 1).eq(0),
+                         bank_busy.bit_select(hand_bank, 1).eq(0), hand_bank.eq(~hand_bank),
+                         in_turn.eq(Mux(in_turn == K - 1, 0, in_turn + 1))]
+            with m.Switch(Cat(hand_bank, in_turn)):
+                for j in range(K):
+                    for b in range(2):
+                        with m.Case(b | (j << 1)):
+                            m.d.sync += [slot_full[j].eq(1), slot_l[j].eq(lsum[b])]
+                            m.d.sync += [a.eq(x) for a, x in zip(slot_acc[j], acc[b])]
+
+        for j in range(K):
+            recip = Reciprocal(frac_bits=RECIP_FRAC, den_width=len(slot_l[j]),
+                               out_width=E_BITS + 3)
+            m.submodules[f"reciprocal{j}"] = recip
+            m.d.comb += [recip.i.payload.eq(slot_l[j]),
+                         recip.i.valid.eq(slot_full[j] & ~slot_rq_sent[j]),
+                         recip.o.ready.eq(1)]
+            with m.If(recip.i.valid & recip.i.ready):
+                m.d.sync += slot_rq_sent[j].eq(1)
+            with m.If(recip.o.valid):
+                m.d.sync += [slot_r[j].eq(recip.o.payload.value), slot_ready[j].eq(1)]
+
+        m.submodules.out_requant = orq = Requantizer(lanes=P, in_width=SW + E_BITS + 4,
+                                                     out_width=8)
+        wiring.connect(m, orq.o, wiring.flipped(self.out))
+        m.d.comb += [orq.multiplier.eq(self.out_multiplier), orq.shift.eq(self.out_shift)]
+        # product stage: one chunk per cycle into the requantiser
+        prod_valid = Signal()
+        prod = [Signal(signed(SW + E_BITS + 4), name=f"norm_prod{j}") for j in range(P)]
+        n_chunk = Signal(range(FM + 1))
+        m.d.comb += orq.i.valid.eq(prod_valid)
+        for j in range(P):
+            m.d.comb += orq.i.payload[j].eq(prod[j])
+        prod_advance = Signal()
+        m.d.comb += prod_advance.eq(~prod_valid | orq.i.ready)
+        feeding = Signal()
+        m.d.comb += feeding.eq(slot_ready.bit_select(out_turn, 1))
+        with m.If(prod_advance):
+            m.d.sync += prod_valid.eq(feeding)
+            with m.If(feeding):
+                with m.Switch(out_turn):
+                    for j in range(K):
+                        with m.Case(j):
+                            with m.Switch(n_chunk):
+                                for c in range(FM):
+                                    with m.Case(c):
+                                        m.d.sync += [prod[x].eq(slot_acc[j][c * P + x]
+                                                                * slot_r[j])
+                                                     for x in range(P)]
+                            with m.If(n_chunk == f - 1):
+                                m.d.sync += [slot_full[j].eq(0), slot_rq_sent[j].eq(0),
+                                             slot_ready[j].eq(0)]
+                with m.If(n_chunk == f - 1):
+                    m.d.sync += [n_chunk.eq(0),
+                                 out_turn.eq(Mux(out_turn == K - 1, 0, out_turn + 1))]
+                with m.Else():
+                    m.d.sync += n_chunk.eq(n_chunk + 1)
+
+        # ======================================================================================
+        # Control
+        # ======================================================================================
+        p1_inflight = Signal()
+        any_stage = 0
+        for ln in range(L):
+            any_stage = (any_stage | st1[ln]["v"] | s2[ln]["v"] | s3[ln]["v"] | s4[ln]["v"]
+                         | s5[ln]["v"] | s6[ln]["v"] | requants[ln].o.valid)
+        # results inside the requantisers (their pipeline registers are not visible here)
+        rq_pending = Signal(Requantizer.LATENCY * L)
+        m.d.sync += rq_pending.eq(Cat(*[s6[ln]["v"] for ln in range(L)], rq_pending))
+        m.d.comb += p1_inflight.eq(any_stage | (hold_full != 0) | (rq_pending != 0)
+                                  | dmax_v | smax_v)
+        out_words = Signal(range(NM * FM + 1))
+        with m.If(self.out.valid & self.out.ready):
+            m.d.sync += out_words.eq(out_words + 1)
+        out_total = Signal(range(NM * FM + 1))
+
+        with m.FSM(name="control"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    with m.If(cmd_ok):
+                        ld_new = cmd.lines_d[:len(ld)]
+                        m.d.sync += [
+                            n.eq(cmd.n), f.eq(cmd.chunks), g.eq(cmd.g), nnz.eq(cmd.nnz),
+                            ld.eq(ld_new), ls.eq(L - ld_new), dgroups.eq(cmd.dense_groups),
+                            s_period.eq(Mux(L - ld_new > cmd.chunks, L - ld_new, cmd.chunks)),
+                            ncols.eq(cmd.n - cmd.g),
+                            error.eq(error & ERR_BAD_CMD),
+                            cycles.eq(0), sddmm_cycles.eq(0), spmm_cycles.eq(0),
+                            dense_busy.eq(0), sparse_busy.eq(0),
+                            dv_addr.eq(0), dv_done.eq(cmd.dense_groups == 0),
+                            dv_total.eq(cmd.dense_groups * cmd.n),
+                            sec.eq(SEC_GLOB), sec_i.eq(0), walk_col.eq(0), cnt_sum.eq(0),
+                            cptr_prev.eq(0), out_words.eq(0),
+                            in_turn.eq(0), out_turn.eq(0), n_chunk.eq(0),
+                            out_total.eq(cmd.n * cmd.chunks),
+                            *q_reset, *k_reset, *v_reset,
+                        ]
+                        for ln in range(L):
+                            m.d.sync += is_dense[ln].eq(ln < ld_new)
+                        m.next = "LOAD"
+                    with m.Else():
+                        m.d.sync += error.eq(error | ERR_BAD_CMD)
+
+            with m.State("LOAD"):
+                m.d.comb += [loading.eq(1), self.busy.eq(1)]
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If(q_done & k_done & v_done & dv_done & index_done):
+                    with m.If(cnt_sum != nnz):
+                        m.d.sync += error.eq(error | ERR_INDEX_RANGE)
+                    m.d.sync += [
+                        d_gbase.eq(0), d_row.eq(0), d_word.eq(0), d_chunk.eq(0),
+                        d_run.eq(g != 0), s_kbase.eq(0), s_tick.eq(0), s_run.eq(nnz != 0),
+                    ]
+                    m.next = "SDDMM"
+
+            with m.State("SDDMM"):
+                m.d.comb += [p1_run.eq(1), self.busy.eq(1)]
+                m.d.sync += [cycles.eq(cycles + 1), sddmm_cycles.eq(sddmm_cycles + 1)]
+                with m.If(d_issue):
+                    m.d.sync += dense_busy.eq(dense_busy + 1)
+                    with m.If(d_chunk == f - 1):
+                        m.d.sync += [d_chunk.eq(0), d_word.eq(d_word + 1)]
+                        with m.If(d_row == n - 1):
+                            m.d.sync += [d_row.eq(0), d_gbase.eq(d_gbase + ld)]
+                            with m.If(d_gbase + ld >= g):
+                                m.d.sync += d_run.eq(0)
+                        with m.Else():
+                            m.d.sync += d_row.eq(d_row + 1)
+                    with m.Else():
+                        m.d.sync += d_chunk.eq(d_chunk + 1)
+                with m.If(s_run):
+                    with m.If(s_issue):
+                        m.d.sync += sparse_busy.eq(sparse_busy + 1)
+                    with m.If(s_tick == s_period - 1):
+                        m.d.sync += [s_tick.eq(0), s_kbase.eq(s_kbase + ls)]
+                        with m.If(s_kbase + ls >= nnz):
+                            m.d.sync += s_run.eq(0)
+                    with m.Else():
+                        m.d.sync += s_tick.eq(s_tick + 1)
+                with m.If(~d_run & ~s_run):
+                    m.next = "SDDMM_DRAIN"
+
+            with m.State("SDDMM_DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [cycles.eq(cycles + 1), sddmm_cycles.eq(sddmm_cycles + 1)]
+                with m.If(~p1_inflight):
+                    m.d.sync += [phase2.eq(1), r_row.eq(0), r_p.eq(0), r_pword.eq(0),
+                                 r_pbank.eq(0), r_bank.eq(0), bank_busy.eq(0),
+                                 acc_pending.eq(0), hand_bank.eq(0)]
+                    m.next = "ROW"
+
+            # ---- phase 2, one row at a time (rows overlap through the two banks) ----
+            with m.State("ROW"):
+                # row setup; the row maxima are read here (sync) and valid from ROW_SPMM on
+                m.d.comb += [self.busy.eq(1), cnt_rd.addr.eq(r_row)]
+                m.d.sync += [cycles.eq(cycles + 1), spmm_cycles.eq(spmm_cycles + 1)]
+                m.d.sync += [r_pend.eq(r_p + cnt_rd.data), r_dword.eq(r_row), r_gbase.eq(0),
+                             r_dgroup.eq(0), r_dchunk.eq(0), r_schunk.eq(0)]
+                with m.If(~bank_busy.bit_select(r_bank, 1)):
+                    m.d.sync += bank_busy.bit_select(r_bank, 1).eq(1)
+                    m.next = "ROW_SPMM"
+
+            with m.State("ROW_SPMM"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [cycles.eq(cycles + 1), spmm_cycles.eq(spmm_cycles + 1)]
+                d_more = Signal()
+                s_more = Signal()
+                d_fin = Signal()
+                s_fin = Signal()
+                m.d.comb += [
+                    d_more.eq(r_dgroup < dgroups),
+                    s_more.eq(r_p < r_pend),
+                    d_fin.eq(~d_more | ((r_dchunk == f - 1) & (r_dgroup + 1 >= dgroups))),
+                    s_fin.eq(~s_more | ((r_schunk == f - 1) & (r_p + ls >= r_pend))),
+                    o2_d.eq(d_more), o2_s.eq(s_more), o2_last.eq(d_fin & s_fin),
+                ]
+                with m.If(d_more):
+                    m.d.sync += dense_busy.eq(dense_busy + 1)
+                    with m.If(r_dchunk == f - 1):
+                        m.d.sync += [r_dchunk.eq(0), r_dgroup.eq(r_dgroup + 1),
+                                     r_dword.eq(r_dword + n), r_gbase.eq(r_gbase + ld)]
+                    with m.Else():
+                        m.d.sync += r_dchunk.eq(r_dchunk + 1)
+                with m.If(s_more):
+                    m.d.sync += sparse_busy.eq(sparse_busy + 1)
+                    with m.If(r_schunk == f - 1):
+                        m.d.sync += [r_schunk.eq(0), r_p.eq(r_p + r_pstep)]
+                        with m.If(r_pbank + r_pstep >= L):
+                            m.d.sync += [r_pbank.eq(r_pbank + r_pstep - L),
+                                         r_pword.eq(r_pword + 1)]
+                        with m.Else():
+                            m.d.sync += r_pbank.eq(r_pbank + r_pstep)
+                    with m.Else():
+                        m.d.sync += r_schunk.eq(r_schunk + 1)
+                with m.If(d_fin & s_fin):
+                    m.d.sync += [r_row.eq(r_row + 1), r_bank.eq(~r_bank)]
+                    with m.If(r_row == n - 1):
+                        m.next = "FINISH"
+                    with m.Else():
+                        m.next = "ROW"
+
+            with m.State("FINISH"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If(self.out.valid & self.out.ready & (out_words + 1 == out_total)):
+                    m.d.sync += phase2.eq(0)
+                    m.next = "IDLE"
+        return m
