@@ -63,3 +63,20 @@ def test_layernorm(d, eps, seed):
     y, s, _ = G.layernorm_q(x.reshape(len(groups), d), d, eps)
     assert np.array_equal(_signed(res.outputs["o"], 8), y.ravel())
     assert np.array_equal(_signed(res.outputs["sums"], dut.sum_width), s.ravel())
+
+
+def test_layernorm_overlaps_groups():
+    """Without stalls the LayerNorm takes a new group while the previous ones are in the root and
+    normalisation stages: per group about max(d, reciprocal + root) cycles, not their sum."""
+    d, groups = 16, 10
+    rng = np.random.default_rng(8)
+    x = np.clip(rng.normal(0, 20, (groups, d)).round(), -128, 127).astype(np.int64)
+    job = Job(inputs={"i": [int(v) & 0xFF for v in x.ravel()]},
+              expect={"o": x.size, "sums": groups}, statics={"eps": 3},
+              stalls=StallProfile.none())
+    dut = LayerNorm(d)
+    res = amaranth_sim.run(dut, job)
+    y, s, _ = G.layernorm_q(x, d, 3)
+    assert np.array_equal(_signed(res.outputs["o"], 8), y.ravel())
+    serial = d + (2 * G.LN_R + 5) + (G.LN_R + 3) + d          # one group at a time
+    assert res.cycles < groups * (serial - d) + serial, res.cycles

@@ -24,12 +24,24 @@ z1) -> after all heads: V1 + GELU, V2 -> requant -> sigmoid = head weights -> pe
 keep score (divider) -> package accumulation -> reciprocal -> output [CLS, kept, package].
 
 GEMMs run on the shared :class:`~vitaccel.rtl.common.mac_array.MACArray` (``rows`` tokens x
-``cols`` output channels per tile). Activations live in one scratchpad of ``rows``-byte words
+``cols`` output channels per tile). Activations live in a scratchpad of ``rows``-byte words
 (token t in byte lane t % rows at ``base + (t // rows) * stride + k``), so one read feeds a whole
 k-step; weights in ``cols``-byte words (output o in lane o % cols at ``base + (o // cols) * K +
-k``). The array's result beats are post-processed one value per cycle (bias add, then GELU /
-logit requantiser / head sigmoid / bias write-back), which bounds the MLP phase when
-``rows * cols > K``.
+k``).
+
+Throughput of the MLP phases: a tile of ``rows x cols`` results takes ``K`` issue cycles, and its
+values are post-processed after the array (bias add, then GELU / logit requantiser / head sigmoid
+/ bias write-back). GELU layers take two values per cycle: two GELU units in lockstep, and the
+scratchpad split into two banks by word-address parity, so the two channels of a token written
+together (addresses A and A + 1) never collide; the global-half sums are banked the same way. A
+new result beat is taken in the cycle the last value of the previous one leaves (no bubble), and
+the logit / head-score requantiser is pipelined (side FIFO) rather than waited for. So a layer
+keeps the array busy while ``2 K >= rows * cols``; for DeiT-T on the 8 x 8 array that is every
+layer but the last (K = d/4 = 16, 2 outputs: 2 of the 8 columns used), which is under 3 % of the
+MACs. Outside the array: tokens load one byte per beat; the LayerNorm pipelines its groups (about
+``3 LN_R + 10`` = 76 cycles per token and head, set by its reciprocal and root) but does not
+overlap the GEMMs; the decision, package and compaction are sequential per token, the package one
+byte of a dropped token per cycle. The per-phase cycle counters (:data:`PHASES`) measure each.
 """
 from __future__ import annotations
 
@@ -50,7 +62,7 @@ from .gelu import GELU
 from .layernorm import LayerNorm
 from .sigmoid import plan_sigmoid
 
-__all__ = ["Selector", "Plan", "params_layout", "cmd_layout", "GELU_LAYERS"]
+__all__ = ["Selector", "Plan", "params_layout", "cmd_layout", "GELU_LAYERS", "PHASES"]
 
 GELU_LAYERS = ("l1", "l2", "l3", "h1")     # layers followed by a GELU, in params order
 MB = 16                                      # requantiser multiplier bits (fixedpoint.MULTIPLIER_BITS)
@@ -69,6 +81,20 @@ def params_layout():
                    "head_mul": unsigned(MB), "head_shift": unsigned(SHIFT_WIDTH),
                    "gelu_a": signed(16), "gelu_one": unsigned(15), "eps": unsigned(24)})
     return data.StructLayout(fields)
+
+
+#: status counter -> the sequencer states it counts. Together with ``gemm_cycles`` (every
+#: ``*_RUN`` state) they cover the run but for the few control states between layers and heads.
+PHASES = {
+    "load_cycles": ("LOAD",),                                     # weights, biases, tokens in
+    "layernorm_cycles": ("LN_START", "LN"),
+    # global mean (reciprocal of n, scaling) and the per-token decision: sigmoids, weighted
+    # logit sum, keep-score divider
+    "nonlinear_cycles": ("RECIP_N", "RECIP_N_WAIT", "GSUM_CLEAR", "GMEAN", "DECIDE_START",
+                         "DECIDE", "DECIDE_RULE", "KEEP_OUT", "PI", "PI_WAIT", "DECIDE_NEXT"),
+    "package_cycles": ("PKG", "PKG_RECIP", "PKG_RECIP_WAIT", "OUT_PKG_CHECK", "OUT_PKG"),
+    "compaction_cycles": ("OUT_START", "OUT_ROWS", "N_NEXT"),
+}
 
 
 def cmd_layout(n_max):
@@ -188,6 +214,7 @@ class Selector(wiring.Component):
             "mac_cycles": Out(32),     # cycles with a k-step entering the MAC array
             "gemm_cycles": Out(32),    # cycles spent in GEMM phases (issue to last write)
             "cycles": Out(32),         # cycles from the command to the last output beat
+            **{port: Out(32) for port in PHASES},   # cycles spent in each phase (see PHASES)
         })
 
     # ------------------------------------------------------------------------------------------
@@ -202,8 +229,16 @@ class Selector(wiring.Component):
         # ---- memories --------------------------------------------------------------------------
         m.submodules.tok_mem = tok_mem = Memory(shape=signed(8), depth=(n_max + 1) * D, init=[])
         tok_wr, tok_rd = tok_mem.write_port(), tok_mem.read_port()
-        m.submodules.act_mem = act_mem = Memory(shape=unsigned(8 * R), depth=P.act_depth, init=[])
-        act_wr, act_rd = act_mem.write_port(granularity=8), act_mem.read_port()
+        # the activation scratchpad is two banks (even / odd word addresses): the GELU write-back
+        # stores two output channels of a token per cycle, and their addresses A, A + 1 always
+        # fall in different banks whatever the region base or stride
+        bank_depth = _cdiv(P.act_depth, 2)
+        act_wr, act_rd = [], []
+        for k in range(2):
+            mem = Memory(shape=unsigned(8 * R), depth=bank_depth, init=[])
+            m.submodules[f"act_mem{k}"] = mem
+            act_wr.append(mem.write_port(granularity=8))
+            act_rd.append(mem.read_port())
         m.submodules.w_mem = w_mem = Memory(shape=unsigned(8 * C), depth=P.weights_depth, init=[])
         w_wr, w_rd = w_mem.write_port(), w_mem.read_port()
         m.submodules.b_mem = b_mem = Memory(shape=data.ArrayLayout(signed(32), C),
@@ -217,12 +252,21 @@ class Selector(wiring.Component):
         pi_wr, pi_rd = pi_mem.write_port(), pi_mem.read_port(domain="comb")
         m.submodules.acc_mem = acc_mem = Memory(shape=signed(32), depth=D, init=[])
         acc_wr, acc_rd = acc_mem.write_port(), acc_mem.read_port(domain="comb")
-        m.submodules.gsum_mem = gsum_mem = Memory(shape=signed(32), depth=d // 2, init=[])
-        gsum_wr, gsum_rd = gsum_mem.write_port(), gsum_mem.read_port(domain="comb")
+        # global-half sums, banked by index parity for the same reason as the scratchpad
+        gsum_wr, gsum_rd = [], []
+        for k in range(2):
+            mem = Memory(shape=signed(32), depth=_cdiv(d // 2, 2), init=[])
+            m.submodules[f"gsum_mem{k}"] = mem
+            gsum_wr.append(mem.write_port())
+            gsum_rd.append(mem.read_port(domain="comb"))
 
         # ---- compute units -----------------------------------------------------------------------
         m.submodules.array = array = MACArray(R, C)
-        m.submodules.gelu = gelu = GELU()
+        # two GELUs driven in lockstep (identical pipelines, identical handshakes): two result
+        # values per cycle, so layers with K < rows * cols keep up with the array
+        m.submodules.gelu0 = gelu0 = GELU()
+        m.submodules.gelu1 = gelu1 = GELU()
+        gelus = (gelu0, gelu1)
         m.submodules.ln = ln = LayerNorm(d)
         m.submodules.rq16 = rq16 = Requantizer(1, in_width=34, out_width=16, multiplier_bits=MB)
         m.submodules.recip_n = recip_n = Reciprocal(frac_bits=RN_FRAC, den_width=16,
@@ -232,7 +276,6 @@ class Selector(wiring.Component):
         m.submodules.div = div = Divider(num_width=26, den_width=16, out_width=10, out_signed=False)
         m.submodules.rq_pkg = rq_pkg = Requantizer(1, in_width=32, out_width=8,
                                                    multiplier_bits=PKG_FRAC + 2)
-        m.submodules.gfifo = gfifo = SyncFIFOBuffered(width=32, depth=32)
 
         # ---- run state ---------------------------------------------------------------------------
         n = Signal(range(n_max + 1))
@@ -270,13 +313,30 @@ class Selector(wiring.Component):
                     L_out_stride.eq(layer.out_stride), L_rows.eq(1 if layer.single_row else n)]
 
         # GELU parameters follow the layer (the engine drains before the layer changes)
-        for idx, name in enumerate(GELU_LAYERS):
-            with m.If(L_gelu == idx):
-                m.d.comb += [gelu.in_multiplier.eq(getattr(prm, f"{name}_in_mul")),
-                             gelu.in_shift.eq(getattr(prm, f"{name}_in_shift")),
-                             gelu.out_multiplier.eq(getattr(prm, f"{name}_out_mul")),
-                             gelu.out_shift.eq(getattr(prm, f"{name}_out_shift"))]
-        m.d.comb += [gelu.a.eq(prm.gelu_a), gelu.one.eq(prm.gelu_one), ln.eps.eq(prm.eps)]
+        for gelu in gelus:
+            for idx, name in enumerate(GELU_LAYERS):
+                with m.If(L_gelu == idx):
+                    m.d.comb += [gelu.in_multiplier.eq(getattr(prm, f"{name}_in_mul")),
+                                 gelu.in_shift.eq(getattr(prm, f"{name}_in_shift")),
+                                 gelu.out_multiplier.eq(getattr(prm, f"{name}_out_mul")),
+                                 gelu.out_shift.eq(getattr(prm, f"{name}_out_shift"))]
+            m.d.comb += [gelu.a.eq(prm.gelu_a), gelu.one.eq(prm.gelu_one)]
+        m.d.comb += ln.eps.eq(prm.eps)
+
+        # two logical scratchpad write ports; each goes to the bank of its address parity (a
+        # pair written together is always A, A + 1: never the same bank)
+        act_wa = [Signal(range(P.act_depth + 1), name=f"act_wa{v}") for v in range(2)]
+        act_wd = [Signal(8, name=f"act_wd{v}") for v in range(2)]
+        act_we = [Signal(R, name=f"act_we{v}") for v in range(2)]
+        for k in range(2):
+            with m.If(act_we[0].any() & (act_wa[0][0] == k)):
+                m.d.comb += [act_wr[k].addr.eq(act_wa[0] >> 1),
+                             act_wr[k].data.eq(Cat(*[act_wd[0] for _ in range(R)])),
+                             act_wr[k].en.eq(act_we[0])]
+            with m.Elif(act_we[1].any() & (act_wa[1][0] == k)):
+                m.d.comb += [act_wr[k].addr.eq(act_wa[1] >> 1),
+                             act_wr[k].data.eq(Cat(*[act_wd[1] for _ in range(R)])),
+                             act_wr[k].en.eq(act_we[1])]
         with m.If(L_mode == MODES["logit"]):
             m.d.comb += [rq16.multiplier.eq(prm.logit_mul), rq16.shift.eq(prm.logit_shift)]
         with m.Else():
@@ -292,8 +352,16 @@ class Selector(wiring.Component):
         w_tile = Signal(range(P.weights_depth + 1))
         rows_left = Signal(range(n_max + R + 1))
         advance = array.operands.ready
-        m.d.comb += [act_rd.addr.eq(a_tile + kk), w_rd.addr.eq(w_tile + kk),
-                     act_rd.en.eq(advance), w_rd.en.eq(advance),
+        act_ra = Signal(range(P.act_depth + 1))
+        act_rbank = Signal()           # bank of the word on the read ports' outputs
+        act_rdata = Signal(8 * R)
+        m.d.comb += [act_ra.eq(a_tile + kk), act_rdata.eq(Mux(act_rbank, act_rd[1].data,
+                                                              act_rd[0].data))]
+        for k in range(2):
+            m.d.comb += [act_rd[k].addr.eq(act_ra >> 1), act_rd[k].en.eq(advance)]
+        with m.If(advance):
+            m.d.sync += act_rbank.eq(act_ra[0])
+        m.d.comb += [w_rd.addr.eq(w_tile + kk), w_rd.en.eq(advance),
                      rows_left.eq(L_rows - tg * R)]
         rd_valid, rd_first, rd_last = Signal(), Signal(), Signal()
         rd_nrows = Signal(range(1, R + 1))
@@ -304,7 +372,7 @@ class Selector(wiring.Component):
         m.d.comb += [array.operands.valid.eq(rd_valid), ops.first.eq(rd_first),
                      ops.last.eq(rd_last), ops.nrows.eq(rd_nrows)]
         for r in range(R):
-            m.d.comb += ops.a[r].eq(act_rd.data.word_select(r, 8).as_signed())
+            m.d.comb += ops.a[r].eq(act_rdata.word_select(r, 8).as_signed())
         for c in range(C):
             m.d.comb += ops.b[c].eq(w_rd.data.word_select(c, 8).as_signed())
         with m.If(rd_valid & advance):
@@ -342,22 +410,28 @@ class Selector(wiring.Component):
         m.d.comb += [t_cur.eq(ptg * R + pr), o_cur.eq(pog * C + lane)]
         lane_count = Signal(range(C + 1))
         m.d.comb += lane_count.eq(Mux(L_out - pog * C >= C, C, L_out - pog * C))
+        # value = accumulator + bias of lane `lane`; value1 = the next lane (GELU pairs)
         value = Signal(signed(33))
+        value1 = Signal(signed(33))
         bias_words = b_rd.data
-        m.d.comb += value.eq(beat[0])
+        m.d.comb += [value.eq(beat[0]), value1.eq(beat[0])]
         for c in range(C):
             with m.If(lane == c):
                 m.d.comb += value.eq(beat[c] + bias_words[c])
+                if c + 1 < C:
+                    m.d.comb += value1.eq(beat[c + 1] + bias_words[c + 1])
         z_diff = Signal(signed(34))
         m.d.comb += z_diff.eq((beat[0] + bias_words[0]) - (beat[1] + bias_words[1]))
 
-        m.d.comb += array.result.ready.eq(~beat_full)
-        with m.If(array.result.valid & ~beat_full):
-            m.d.sync += [beat.eq(array.result.payload), beat_full.eq(1), lane.eq(0)]
-
-        lane_done = Signal()      # the current lane of `beat` was consumed this cycle
+        # gelu mode consumes two lanes per cycle (the second only if the tile has it)
+        pair = Signal()
+        has_second = Signal()
+        m.d.comb += [pair.eq(L_mode == MODES["gelu"]),
+                     has_second.eq(pair & (lane + 1 < lane_count))]
+        lane_done = Signal()      # the current lane(s) of `beat` were consumed this cycle
         last_lane = Signal()
-        m.d.comb += last_lane.eq(Mux(L_mode == MODES["logit"], 1, lane == lane_count - 1))
+        m.d.comb += last_lane.eq(Mux(L_mode == MODES["logit"], 1,
+                                     Mux(pair, lane + 2 >= lane_count, lane == lane_count - 1)))
         with m.If(lane_done):
             with m.If(last_lane):
                 m.d.sync += beat_full.eq(0)
@@ -370,42 +444,62 @@ class Selector(wiring.Component):
                 with m.Else():
                     m.d.sync += pr.eq(pr + 1)
             with m.Else():
-                m.d.sync += lane.eq(lane + 1)
+                m.d.sync += lane.eq(lane + Mux(pair, 2, 1))
+        # the next beat is taken in the cycle the last lane of this one is consumed (no bubble);
+        # the array's own advance never looks at result.ready, so this adds no loop
+        m.d.comb += array.result.ready.eq(~beat_full | (lane_done & last_lane))
+        with m.If(array.result.valid & array.result.ready):
+            m.d.sync += [beat.eq(array.result.payload), beat_full.eq(1), lane.eq(0)]
 
         # the write-back side (act/bias/dz/hw memories), with the gsum accumulation for L1
         in_l1 = Signal()
-        write_done = Signal()     # one value written back this cycle
+        write_count = Signal(2)   # values written back this cycle
         with m.If(gemm_start):
             m.d.sync += [ptg.eq(0), pog.eq(0), pr.eq(0)]
 
-        # mode gelu: value -> GELU with (addr, lane, o) on the side FIFO
+        # mode gelu: values -> GELU pair with (addr, lane, o, second) on the side FIFO
         act_addr_cur = Signal(range(P.act_depth + 1))
         m.d.comb += act_addr_cur.eq(L_out_base + ptg * L_out_stride + o_cur)
         side = Signal(data.StructLayout({"addr": range(P.act_depth + 1), "lane": range(R),
-                                         "o": range(max(d, h) + C + 1)}))
+                                         "o": range(max(d, h) + C + 1), "second": 1}))
+        # deep enough for every beat in flight in a GELU (the GELUs never see back-pressure)
+        m.submodules.gfifo = gfifo = SyncFIFOBuffered(width=side.shape().size, depth=32)
         m.d.comb += [side.addr.eq(act_addr_cur), side.lane.eq(pr), side.o.eq(o_cur),
-                     gfifo.w_data.eq(side)]
-        with m.If(beat_full & (L_mode == MODES["gelu"])):
-            m.d.comb += [gelu.i.valid.eq(gfifo.w_rdy), gelu.i.payload.eq(value)]
-            with m.If(gelu.i.ready & gfifo.w_rdy):
+                     side.second.eq(has_second), gfifo.w_data.eq(side)]
+        with m.If(beat_full & pair):
+            m.d.comb += [gelu0.i.valid.eq(gfifo.w_rdy), gelu0.i.payload.eq(value),
+                         gelu1.i.valid.eq(gfifo.w_rdy), gelu1.i.payload.eq(value1)]
+            with m.If(gelu0.i.ready & gfifo.w_rdy):
                 m.d.comb += [gfifo.w_en.eq(1), lane_done.eq(1)]
         g_side = Signal.like(side)
-        m.d.comb += [g_side.eq(gfifo.r_data), gelu.o.ready.eq(1)]
-        gsum_lane = Signal(range(d))
-        m.d.comb += gsum_lane.eq(g_side.o - d // 2)
-        m.d.comb += gsum_rd.addr.eq(gsum_lane)
-        with m.If(gelu.o.valid):
-            m.d.comb += [gfifo.r_en.eq(1), act_wr.addr.eq(g_side.addr),
-                         act_wr.data.eq(Cat(*[gelu.o.payload for _ in range(R)])),
-                         act_wr.en.eq(1 << g_side.lane), write_done.eq(1)]
-            with m.If(in_l1 & (g_side.o >= d // 2)):
-                m.d.comb += [gsum_wr.addr.eq(gsum_lane), gsum_wr.en.eq(1),
-                             gsum_wr.data.eq(gsum_rd.data + gelu.o.payload)]
+        m.d.comb += [g_side.eq(gfifo.r_data), gelu0.o.ready.eq(1), gelu1.o.ready.eq(1)]
+        # global-half sums: channel o -> index o - d/2, bank = index parity (a pair's two
+        # indices differ by one, so they never share a bank)
+        g_index = [Signal(range(d), name=f"gsum_index{v}") for v in range(2)]
+        g_value = [gelu0.o.payload, gelu1.o.payload]
+        g_en = [Signal(name=f"gsum_en{v}") for v in range(2)]
+        m.d.comb += [g_index[0].eq(g_side.o - d // 2), g_index[1].eq(g_side.o + 1 - d // 2)]
+        with m.If(gelu0.o.valid):
+            m.d.comb += [gfifo.r_en.eq(1), act_wa[0].eq(g_side.addr),
+                         act_wd[0].eq(gelu0.o.payload), act_we[0].eq(1 << g_side.lane),
+                         write_count.eq(1 + g_side.second),
+                         g_en[0].eq(in_l1 & (g_side.o >= d // 2)),
+                         g_en[1].eq(in_l1 & g_side.second & (g_side.o + 1 >= d // 2))]
+            with m.If(g_side.second):
+                m.d.comb += [act_wa[1].eq(g_side.addr + 1), act_wd[1].eq(gelu1.o.payload),
+                             act_we[1].eq(1 << g_side.lane)]
+        for k in range(2):
+            for v in range(2):
+                with m.If(g_index[v][0] == k):
+                    m.d.comb += gsum_rd[k].addr.eq(g_index[v] >> 1)
+                    with m.If(g_en[v]):
+                        m.d.comb += [gsum_wr[k].addr.eq(g_index[v] >> 1), gsum_wr[k].en.eq(1),
+                                     gsum_wr[k].data.eq(gsum_rd[k].data + g_value[v])]
 
         # mode bias: write value (acc + b2) into the bias2 word lane
         bias_acc = Signal(data.ArrayLayout(signed(32), C))
         with m.If(beat_full & (L_mode == MODES["bias"])):
-            m.d.comb += [lane_done.eq(1), write_done.eq(1)]
+            m.d.comb += [lane_done.eq(1), write_count.eq(1)]
             for c in range(C):
                 with m.If(lane == c):
                     m.d.sync += bias_acc[c].eq(value)
@@ -414,32 +508,34 @@ class Selector(wiring.Component):
                 for c in range(C):
                     m.d.comb += b_wr.data[c].eq(Mux(lane == c, value, bias_acc[c]))
 
-        # modes logit / head: one value at a time through the int16 requantiser, waited for
-        rq_busy = Signal()
-        rq_t = Signal(range(n_max + R + 1))
-        rq_o = Signal(range(max(d, h) + C + 1))
-        m.d.comb += rq16.o.ready.eq(1)
-        with m.If(beat_full & ((L_mode == MODES["logit"]) | (L_mode == MODES["head"])) & ~rq_busy):
-            m.d.comb += [rq16.i.valid.eq(1),
+        # modes logit / head: one value per cycle through the int16 requantiser; (t, o) of the
+        # values in flight wait in a small FIFO (the requantiser never stalls: o.ready = 1)
+        rq_side = Signal(data.StructLayout({"t": range(n_max + R + 1),
+                                            "o": range(max(d, h) + C + 1)}))
+        m.submodules.rqfifo = rqfifo = SyncFIFOBuffered(width=rq_side.shape().size,
+                                                        depth=Requantizer.LATENCY + 4)
+        rq_out_side = Signal.like(rq_side)
+        m.d.comb += [rq_side.t.eq(t_cur), rq_side.o.eq(o_cur), rqfifo.w_data.eq(rq_side),
+                     rq_out_side.eq(rqfifo.r_data), rq16.o.ready.eq(1)]
+        with m.If(beat_full & ((L_mode == MODES["logit"]) | (L_mode == MODES["head"]))):
+            m.d.comb += [rq16.i.valid.eq(rqfifo.w_rdy),
                          rq16.i.payload[0].eq(Mux(L_mode == MODES["logit"], z_diff, value))]
-            with m.If(rq16.i.ready):
-                m.d.comb += lane_done.eq(1)
-                m.d.sync += [rq_busy.eq(1), rq_t.eq(t_cur), rq_o.eq(o_cur)]
+            with m.If(rq16.i.ready & rqfifo.w_rdy):
+                m.d.comb += [lane_done.eq(1), rqfifo.w_en.eq(1)]
         hw_value = plan_sigmoid(m, rq16.o.payload[0], self.sigmoid, "head_sig")
         with m.If(rq16.o.valid):
-            m.d.sync += rq_busy.eq(0)
-            m.d.comb += write_done.eq(1)
+            m.d.comb += [write_count.eq(1), rqfifo.r_en.eq(1)]
             with m.If(L_mode == MODES["logit"]):
-                m.d.comb += [dz_wr.addr.eq(rq_t * h + head), dz_wr.data.eq(rq16.o.payload[0]),
-                             dz_wr.en.eq(1)]
+                m.d.comb += [dz_wr.addr.eq(rq_out_side.t * h + head),
+                             dz_wr.data.eq(rq16.o.payload[0]), dz_wr.en.eq(1)]
             with m.Else():
-                m.d.comb += [hw_wr.addr.eq(rq_t * h + rq_o), hw_wr.data.eq(hw_value),
-                             hw_wr.en.eq(1)]
+                m.d.comb += [hw_wr.addr.eq(rq_out_side.t * h + rq_out_side.o),
+                             hw_wr.data.eq(hw_value), hw_wr.en.eq(1)]
 
         with m.If(gemm_start):
             m.d.sync += outputs_left.eq(Mux(L_mode == MODES["logit"], L_rows, L_rows * L_out))
-        with m.Elif(write_done):
-            m.d.sync += outputs_left.eq(outputs_left - 1)
+        with m.Else():
+            m.d.sync += outputs_left.eq(outputs_left - write_count)
         layer_done = Signal()
         m.d.comb += layer_done.eq(~issuing & (outputs_left == 0))
 
@@ -510,7 +606,7 @@ class Selector(wiring.Component):
         head_layers = [P.head_layers(i) for i in range(h)]
         tail = P.tail_layers()
 
-        with m.FSM(name="seq"):
+        with m.FSM(name="seq") as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
@@ -564,9 +660,8 @@ class Selector(wiring.Component):
                         with m.Else():
                             m.d.sync += [ln_j.eq(ln_j + 1), ln_addr.eq(ln_addr + 1)]
                 with m.If(ln.o.valid):
-                    m.d.comb += [act_wr.addr.eq(P.act["Y"] + ly_tg * d + ly_j),
-                                 act_wr.data.eq(Cat(*[ln.o.payload for _ in range(R)])),
-                                 act_wr.en.eq(1 << ly_r)]
+                    m.d.comb += [act_wa[0].eq(P.act["Y"] + ly_tg * d + ly_j),
+                                 act_wd[0].eq(ln.o.payload), act_we[0].eq(1 << ly_r)]
                     m.d.sync += ly_j.eq(ly_j + 1)
                     with m.If(ly_j == d - 1):
                         m.d.sync += ly_t.eq(ly_t + 1)
@@ -576,9 +671,8 @@ class Selector(wiring.Component):
                             m.d.sync += ly_r.eq(ly_r + 1)
                 with m.Elif(ln.sums.valid):
                     # the head mean for the importance branch (LN y has priority on the port)
-                    m.d.comb += [act_wr.addr.eq(P.act["E"] + ls_tg * h + head),
-                                 act_wr.data.eq(Cat(*[e_val for _ in range(R)])),
-                                 act_wr.en.eq(1 << ls_r)]
+                    m.d.comb += [act_wa[0].eq(P.act["E"] + ls_tg * h + head),
+                                 act_wd[0].eq(e_val), act_we[0].eq(1 << ls_r)]
                     m.d.sync += ls_t.eq(ls_t + 1)
                     with m.If(ls_r == R - 1):
                         m.d.sync += [ls_r.eq(0), ls_tg.eq(ls_tg + 1)]
@@ -589,7 +683,10 @@ class Selector(wiring.Component):
                     m.d.sync += g_idx.eq(0)
                     m.next = "GSUM_CLEAR"
             with m.State("GSUM_CLEAR"):
-                m.d.comb += [gsum_wr.addr.eq(g_idx), gsum_wr.data.eq(0), gsum_wr.en.eq(1)]
+                for k in range(2):
+                    with m.If(g_idx[0] == k):
+                        m.d.comb += [gsum_wr[k].addr.eq(g_idx >> 1), gsum_wr[k].data.eq(0),
+                                     gsum_wr[k].en.eq(1)]
                 m.d.sync += g_idx.eq(g_idx + 1)
                 with m.If(g_idx == d // 2 - 1):
                     m.next = "L1"
@@ -628,9 +725,10 @@ class Selector(wiring.Component):
                 # g = sat8(rhu(gsum * rn, RN_FRAC)) into the G region (row 0, lane 0)
                 gm = Signal(signed(32 + RN_FRAC + 3))
                 gq = Signal(signed(8))
-                m.d.comb += [gsum_rd.addr.eq(g_idx), gm.eq(gsum_rd.data * rn),
-                             act_wr.addr.eq(P.act["G"] + g_idx),
-                             act_wr.data.eq(Cat(*[gq for _ in range(R)])), act_wr.en.eq(1)]
+                m.d.comb += [gsum_rd[0].addr.eq(g_idx >> 1), gsum_rd[1].addr.eq(g_idx >> 1),
+                             gm.eq(Mux(g_idx[0], gsum_rd[1].data, gsum_rd[0].data) * rn),
+                             act_wa[0].eq(P.act["G"] + g_idx), act_wd[0].eq(gq),
+                             act_we[0].eq(1)]
                 rounded = (gm + (1 << (RN_FRAC - 1))) >> RN_FRAC
                 m.d.comb += gq.eq(Mux(rounded > 127, 127, Mux(rounded < -128, -128, rounded)))
                 m.d.sync += g_idx.eq(g_idx + 1)
@@ -786,6 +884,15 @@ class Selector(wiring.Component):
                 with m.If(self.n_next.ready):
                     m.d.sync += counting.eq(0)
                     m.next = "IDLE"
+
+        # ---- per-phase cycle counters (benchmark breakdown of the cycles outside the array) ----
+        for port, states in PHASES.items():
+            counter = Signal(32, name=f"{port}_count")
+            m.d.comb += getattr(self, port).eq(counter)
+            with m.If(self.cmd.valid & self.cmd.ready):
+                m.d.sync += counter.eq(0)
+            with m.Elif(Cat(*[fsm.ongoing(st) for st in states]).any()):
+                m.d.sync += counter.eq(counter + 1)
         return m
 
 
