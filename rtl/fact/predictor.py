@@ -1,0 +1,471 @@
+"""FACT eager attention predictor: LO projections, LO scores, row top-k, one-hot rows, K/V keep
+masks and token importance, with shifts and adds only (no multiplier anywhere, so zero DSPs).
+
+Golden twin: :func:`vitaccel.golden.fact.predict` (bit for bit).
+
+Protocol (one problem per ``cmd`` beat; sizes and thresholds are run-time registers):
+
+1. ``cmd`` {n, row_words = D/lanes, head_words = d/lanes, k, t_int, importance_threshold}.
+   A command outside the configured maxima (or with ``row_words != heads * head_words``, or
+   ``k > n``) raises the sticky ``error`` flag and is dropped without consuming data.
+2. Loads, concurrently: ``x`` (N x D int8, row-major), ``wq`` and ``wk`` (D x D int8 sent
+   **column by column**, i.e. W^T row-major, so a column of W fills memory words exactly as a row
+   of X does), ``bq`` and ``bk`` (D int32 each, at the X.W accumulator scale). Each int8 is turned
+   into its LO code on the way into the buffers; the int8 values are not kept.
+3. Per head h: Q~ and K~ of all N tokens (two projection engines of ``lanes`` LO products per
+   cycle fed by the same X word, bias added, saturated to ``qk_bits``, LO-coded into the Q and K
+   buffers). Then row by row: the N scores of row i (a second, wide engine) into the streaming
+   top-k, the one-hot decision and:
+
+   * ``select``: ``k`` beats per row {key, onehot, last}, best score first (ties: lower key),
+     one-hot or not (a fixed beat count keeps the consumer simple; it reads ``onehot`` on the
+     first beat, which is always the row's argmax). Rows leave as soon as they are decided, so
+     later compute can overlap prediction.
+   * while a row's beats leave, its contribution (all k keys, or only the argmax of a one-hot
+     row) is ORed into the head's keep mask and counted into the importance memory.
+
+   After the last row of a head: one ``keep`` beat (``n_max`` bits, bit j = keep_kv[h, j]).
+4. After the last head: ``importance``: N beats {count, high} (high = count >= threshold).
+
+Schedule (no stalls): per head ``N*d*D/lanes`` cycles of projection, then per row
+``N*d/lanes`` cycles of scores plus the ``k`` select beats and a short pipeline drain (see
+``vitaccel.units.fact.expected_compute_cycles``). The engines are fixed-latency pipelines; only
+the stream ports wait for their partners.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from vitaccel.golden.fact import acc_bits, score_bits
+
+from .codes import code_layout, encode
+from .dot import LODotEngine
+from .topk import TopKSorter
+
+__all__ = ["FACTPredictor", "cmd_layout", "select_layout", "importance_layout"]
+
+
+def cmd_layout(n_max, d_model_max, heads, lanes, k_max, qk_bits):
+    d_max = d_model_max // heads
+    return data.StructLayout({
+        "n": range(n_max + 1),
+        "row_words": range(d_model_max // lanes + 1),
+        "head_words": range(d_max // lanes + 1),
+        "k": range(k_max + 1),
+        "t_int": unsigned(score_bits(qk_bits, d_max) - 1),
+        "importance_threshold": range(heads * n_max + 2),
+    })
+
+
+def select_layout(n_max):
+    return data.StructLayout({"key": range(n_max), "onehot": 1, "last": 1})
+
+
+def importance_layout(n_max, heads):
+    return data.StructLayout({"count": range(heads * n_max + 1), "high": 1})
+
+
+class FACTPredictor(wiring.Component):
+    """The predictor (protocol in the module docstring).
+
+    Parameters: ``n_max`` tokens, ``d_model_max`` model width, ``heads`` (static), ``lanes`` LO
+    products per engine and cycle (a power of two; D and d must be multiples of it at run time),
+    ``k_max`` entries of the top-k (>= 2, for the one-hot rule), ``mantissa_bits`` kept after the
+    leading one, ``qk_bits`` saturation width of Q~ / K~.
+    Ports: ``cmd``, ``x``, ``wq``, ``wk``, ``bq``, ``bk`` in; ``select``, ``keep``,
+    ``importance`` out (all streams); ``busy``, sticky ``error`` and ``cycles`` (cycles after the
+    loads, for the last/current command).
+    """
+
+    def __init__(self, n_max=197, d_model_max=192, heads=3, lanes=16, k_max=40,
+                 mantissa_bits=0, qk_bits=24):
+        for name, value, lo in (("n_max", n_max, 1), ("d_model_max", d_model_max, 1),
+                                ("heads", heads, 1), ("lanes", lanes, 1), ("k_max", k_max, 2),
+                                ("mantissa_bits", mantissa_bits, 0), ("qk_bits", qk_bits, 8)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ValueError(f"FACTPredictor.{name} must be an integer >= {lo}, got {value!r}")
+        if lanes & (lanes - 1):
+            raise ValueError(f"FACTPredictor.lanes must be a power of two, got {lanes}")
+        if d_model_max % (heads * lanes):
+            raise ValueError(f"FACTPredictor.d_model_max ({d_model_max}) must be a multiple of "
+                             f"heads * lanes ({heads} * {lanes})")
+        self.n_max, self.d_model_max, self.heads, self.lanes = n_max, d_model_max, heads, lanes
+        self.k_max, self.mantissa_bits, self.qk_bits = k_max, mantissa_bits, qk_bits
+        self.d_max = d_model_max // heads
+        self.row_words_max = d_model_max // lanes
+        self.head_words_max = self.d_max // lanes
+        self.acc_width = acc_bits(d_model_max)
+        self.score_width = score_bits(qk_bits, self.d_max)
+        super().__init__({
+            "cmd": In(stream.Signature(cmd_layout(n_max, d_model_max, heads, lanes, k_max, qk_bits))),
+            "x": In(stream.Signature(signed(8))),
+            "wq": In(stream.Signature(signed(8))),
+            "wk": In(stream.Signature(signed(8))),
+            "bq": In(stream.Signature(signed(32))),
+            "bk": In(stream.Signature(signed(32))),
+            "select": Out(stream.Signature(select_layout(n_max))),
+            "keep": Out(stream.Signature(unsigned(n_max))),
+            "importance": Out(stream.Signature(importance_layout(n_max, heads))),
+            "busy": Out(1),
+            "error": Out(1),
+            "cycles": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        P, H, MB = self.lanes, self.heads, self.mantissa_bits
+        lg_p = P.bit_length() - 1
+        c8 = code_layout(8, MB)
+        cw = code_layout(self.qk_bits, MB)
+        w8, ww = c8.size, cw.size
+        rw_max, hw_max = self.row_words_max, self.head_words_max
+
+        # --- buffers --------------------------------------------------------------------------
+        m.submodules.x_mem = x_mem = Memory(shape=unsigned(P * w8), depth=self.n_max * rw_max, init=[])
+        m.submodules.wq_mem = wq_mem = Memory(shape=unsigned(P * w8), depth=self.d_model_max * rw_max, init=[])
+        m.submodules.wk_mem = wk_mem = Memory(shape=unsigned(P * w8), depth=self.d_model_max * rw_max, init=[])
+        m.submodules.bq_mem = bq_mem = Memory(shape=signed(32), depth=self.d_model_max, init=[])
+        m.submodules.bk_mem = bk_mem = Memory(shape=signed(32), depth=self.d_model_max, init=[])
+        m.submodules.k_mem = k_mem = Memory(shape=unsigned(P * ww), depth=self.n_max * hw_max, init=[])
+        m.submodules.q_mem = q_mem = Memory(shape=unsigned(P * ww), depth=self.n_max * hw_max, init=[])
+        count_width = (H * self.n_max).bit_length()
+        m.submodules.imp_mem = imp_mem = Memory(shape=unsigned(count_width), depth=self.n_max, init=[])
+
+        x_wr, x_rd = x_mem.write_port(granularity=w8), x_mem.read_port()
+        wq_wr, wq_rd = wq_mem.write_port(granularity=w8), wq_mem.read_port()
+        wk_wr, wk_rd = wk_mem.write_port(granularity=w8), wk_mem.read_port()
+        bq_wr, bq_rd = bq_mem.write_port(), bq_mem.read_port()
+        bk_wr, bk_rd = bk_mem.write_port(), bk_mem.read_port()
+        k_wr, k_rd = k_mem.write_port(granularity=ww), k_mem.read_port()
+        q_wr, q_rd = q_mem.write_port(granularity=ww), q_mem.read_port()
+        # Not transparent: the read-modify-write below never reads an address within two cycles
+        # of writing it (the keys of a row are distinct, and rows are >= 10 cycles apart), and a
+        # bypass mux would lengthen the block RAM output path, the slowest path of the unit.
+        imp_wr = imp_mem.write_port()
+        imp_rd = imp_mem.read_port()
+
+        # --- command registers ----------------------------------------------------------------
+        cmd = self.cmd.payload
+        n_last = Signal(range(self.n_max))            # n - 1
+        n_reg = Signal(range(self.n_max + 1))
+        rw_last = Signal(range(rw_max))               # row_words - 1
+        rw_reg = Signal(range(rw_max + 1))
+        hw_last = Signal(range(hw_max))               # head_words - 1
+        hw_reg = Signal(range(hw_max + 1))
+        k_last = Signal(range(self.k_max))
+        t_int = Signal.like(cmd.t_int)
+        imp_thr = Signal.like(cmd.importance_threshold)
+        heads_x_hw = sum((cmd.head_words << b) for b in range(H.bit_length()) if H >> b & 1)
+        cmd_ok = ((cmd.n >= 1) & (cmd.n <= self.n_max)
+                  & (cmd.head_words >= 1) & (cmd.head_words <= hw_max)
+                  & (cmd.row_words == heads_x_hw)
+                  & (cmd.k >= 1) & (cmd.k <= self.k_max) & (cmd.k <= cmd.n))
+
+        # --- load: int8 -> LO code on the way in ----------------------------------------------
+        def loader(name, port, wr, depth, rows_last):
+            """Counters for a stream of rows of row_words*lanes int8 values into word memory."""
+            lane = Signal(range(P), name=f"{name}_lane")
+            addr = Signal(range(depth + 1), name=f"{name}_addr")
+            word = Signal(range(rw_max), name=f"{name}_word")
+            row = Signal(range(self.d_model_max + self.n_max), name=f"{name}_row")
+            done = Signal(name=f"{name}_done")
+            code = encode(m, port.payload, MB, name=f"{name}_code")
+            m.d.comb += [wr.addr.eq(addr), wr.data.eq(Cat(*[code.as_value()] * P))]
+            reset = [lane.eq(0), addr.eq(0), word.eq(0), row.eq(0), done.eq(0)]
+            accept = Signal(name=f"{name}_accept")
+            m.d.comb += accept.eq(port.valid & port.ready)
+            with m.If(accept):
+                m.d.comb += wr.en.eq(1 << lane)
+                m.d.sync += lane.eq(lane + 1)
+                with m.If(lane == P - 1):
+                    m.d.sync += [addr.eq(addr + 1), word.eq(word + 1)]
+                    with m.If(word == rw_last):
+                        m.d.sync += [word.eq(0), row.eq(row + 1)]
+                        with m.If(row == rows_last):
+                            m.d.sync += done.eq(1)
+            return done, reset
+
+        d_last = Signal(range(self.d_model_max))      # D - 1 (rows of W^T)
+        x_done, x_reset = loader("x", self.x, x_wr, x_mem.depth, n_last)
+        wq_done, wq_reset = loader("wq", self.wq, wq_wr, wq_mem.depth, d_last)
+        wk_done, wk_reset = loader("wk", self.wk, wk_wr, wk_mem.depth, d_last)
+
+        bq_addr = Signal(range(self.d_model_max + 1))
+        bk_addr = Signal(range(self.d_model_max + 1))
+        bq_done, bk_done = Signal(), Signal()
+        m.d.comb += [bq_wr.addr.eq(bq_addr), bq_wr.data.eq(self.bq.payload),
+                     bk_wr.addr.eq(bk_addr), bk_wr.data.eq(self.bk.payload)]
+        with m.If(self.bq.valid & self.bq.ready):
+            m.d.comb += bq_wr.en.eq(1)
+            m.d.sync += bq_addr.eq(bq_addr + 1)
+            with m.If(bq_addr == d_last):
+                m.d.sync += bq_done.eq(1)
+        with m.If(self.bk.valid & self.bk.ready):
+            m.d.comb += bk_wr.en.eq(1)
+            m.d.sync += bk_addr.eq(bk_addr + 1)
+            with m.If(bk_addr == d_last):
+                m.d.sync += bk_done.eq(1)
+
+        # --- projection engines: LO(X) . LO(W), then + b, saturate, LO-code ----------------
+        # Q~ and K~ of a token are computed together: one X word feeds both engines, each with
+        # its own W word, so the projections of a head cost N * d * D / lanes cycles in all.
+        proj_tag = data.StructLayout({"waddr": range(max(self.n_max * hw_max, 2)),
+                                      "lane": range(max(P, 2)), "col": range(self.d_model_max)})
+        m.submodules.proj_q = proj_q = LODotEngine(P, 8, 8, MB, self.acc_width, proj_tag.size)
+        m.submodules.proj_k = proj_k = LODotEngine(P, 8, 8, MB, self.acc_width, proj_tag.size)
+
+        iss_valid = Signal()          # issue this cycle (memory addresses presented)
+        iss_first, iss_last = Signal(), Signal()
+        iss_tag = Signal(proj_tag)
+        d_valid, d_first, d_last_beat = Signal(), Signal(), Signal()
+        d_tag = Signal(proj_tag)
+        m.d.sync += [d_valid.eq(iss_valid), d_first.eq(iss_first), d_last_beat.eq(iss_last),
+                     d_tag.eq(iss_tag)]
+        for engine, w_rd in ((proj_q, wq_rd), (proj_k, wk_rd)):
+            m.d.comb += [
+                engine.in_valid.eq(d_valid), engine.in_first.eq(d_first),
+                engine.in_last.eq(d_last_beat), engine.in_tag.eq(d_tag.as_value()),
+                engine.in_a.as_value().eq(x_rd.data), engine.in_b.as_value().eq(w_rd.data),
+            ]
+        # Both engines run in lock step, so one tag path serves both. Post-processing:
+        # r1 (bias read in flight) -> r2 (biased, saturated) -> LO code written to the buffer.
+        out_tag = Signal(proj_tag)
+        m.d.comb += out_tag.eq(proj_q.out_tag)
+        m.d.comb += [bq_rd.addr.eq(out_tag.col), bk_rd.addr.eq(out_tag.col)]
+        r1_valid, r1_tag, r2_valid, r2_tag = Signal(), Signal(proj_tag), Signal(), Signal(proj_tag)
+        m.d.sync += [r1_valid.eq(proj_q.out_valid), r1_tag.eq(out_tag),
+                     r2_valid.eq(r1_valid), r2_tag.eq(r1_tag)]
+        hi, lo = (1 << (self.qk_bits - 1)) - 1, -(1 << (self.qk_bits - 1))
+        for name, engine, b_rd, wr in (("q", proj_q, bq_rd, q_wr), ("k", proj_k, bk_rd, k_wr)):
+            r1_sum = Signal(signed(self.acc_width), name=f"{name}_r1_sum")
+            m.d.sync += r1_sum.eq(engine.out_sum)
+            biased = Signal(signed(max(self.acc_width, 32) + 1), name=f"{name}_biased")
+            m.d.comb += biased.eq(r1_sum + b_rd.data)
+            r2_value = Signal(signed(self.qk_bits), name=f"{name}_r2_value")
+            m.d.sync += r2_value.eq(Mux(biased > hi, hi, Mux(biased < lo, lo, biased)))
+            code = encode(m, r2_value, MB, name=f"{name}_code")
+            m.d.comb += [wr.addr.eq(r2_tag.waddr), wr.data.eq(Cat(*[code.as_value()] * P))]
+            with m.If(r2_valid):
+                m.d.comb += wr.en.eq(1 << r2_tag.lane)
+        proj_busy = d_valid | proj_q.active | r1_valid | r2_valid
+
+        # --- score engine: LO(Q~) . LO(K~)^T into the top-k ----------------------------------
+        m.submodules.score = score = LODotEngine(P, self.qk_bits, self.qk_bits, MB,
+                                                 self.score_width, max(self.n_max - 1, 1).bit_length())
+        m.submodules.topk = topk = TopKSorter(self.k_max, self.score_width,
+                                              max(self.n_max - 1, 1).bit_length())
+        s_iss_valid, s_iss_first, s_iss_last = Signal(), Signal(), Signal()
+        s_iss_key = Signal(range(self.n_max))
+        s_d_valid, s_d_first, s_d_last, s_d_key = Signal(), Signal(), Signal(), Signal.like(s_iss_key)
+        m.d.sync += [s_d_valid.eq(s_iss_valid), s_d_first.eq(s_iss_first),
+                     s_d_last.eq(s_iss_last), s_d_key.eq(s_iss_key)]
+        m.d.comb += [
+            score.in_valid.eq(s_d_valid), score.in_first.eq(s_d_first),
+            score.in_last.eq(s_d_last), score.in_tag.eq(s_d_key),
+            score.in_a.as_value().eq(q_rd.data), score.in_b.as_value().eq(k_rd.data),
+            topk.insert.eq(score.out_valid), topk.in_score.eq(score.out_sum),
+            topk.in_index.eq(score.out_tag),
+        ]
+        score_busy = s_d_valid | score.active
+
+        # --- loop counters --------------------------------------------------------------------
+        head = Signal(range(H))
+        head_wbase = Signal(range(self.d_model_max * rw_max + 1))   # W word of the head's col 0
+        head_col = Signal(range(self.d_model_max + 1))
+        next_wbase = Signal.like(head_wbase)
+        next_col = Signal.like(head_col)
+        t = Signal(range(rw_max))                  # input word within a row of X / column of W
+        out_word = Signal(range(hw_max))           # output column word within the head
+        out_lane = Signal(range(P))
+        col = Signal(range(self.d_model_max + 1))  # absolute output column (bias address)
+        wbase = Signal.like(head_wbase)
+        xbase = Signal(range(self.n_max * rw_max + 1))
+        kbase = Signal(range(self.n_max * hw_max + 1))
+        tok = Signal(range(self.n_max))
+        row = Signal(range(self.n_max))
+        row_qbase = Signal.like(kbase)             # Q~ word of the current row
+        key = Signal(range(self.n_max))
+        key_base = Signal.like(kbase)
+        st = Signal(range(hw_max))                 # word within the head for scores
+        rank = Signal(range(self.k_max))
+        onehot = Signal()
+        gap = Signal(unsigned(self.score_width))      # best - second best >= 0
+        second_valid = Signal()
+        keep = Signal(self.n_max)
+        clr = Signal(range(self.n_max + 1))
+        imp_next = Signal(range(self.n_max + 1))
+        imp_valid = Signal()
+        imp_count = Signal(count_width)              # registered importance beat
+        imp_high = Signal()
+        # importance update pipeline: read (select handshake) -> register the count -> write +1
+        upd_valid, upd_addr = Signal(), Signal(range(self.n_max))
+        upd2_valid, upd2_addr, upd2_count = Signal(), Signal(range(self.n_max)), Signal(count_width)
+        cycles = Signal(32)
+        m.d.comb += self.cycles.eq(cycles)
+
+        m.d.comb += [
+            x_rd.addr.eq(xbase + t), wq_rd.addr.eq(wbase + t), wk_rd.addr.eq(wbase + t),
+            iss_first.eq(t == 0), iss_last.eq(t == rw_last),
+            iss_tag.waddr.eq(kbase + out_word),
+            iss_tag.lane.eq(out_lane), iss_tag.col.eq(col),
+            q_rd.addr.eq(row_qbase + st), k_rd.addr.eq(key_base + st),
+            s_iss_first.eq(st == 0), s_iss_last.eq(st == hw_last), s_iss_key.eq(key),
+        ]
+
+        # importance read-modify-write: read on a select handshake, write +1 one cycle later
+        m.d.sync += [upd_valid.eq(0), upd2_valid.eq(upd_valid), upd2_addr.eq(upd_addr),
+                     upd2_count.eq(imp_rd.data)]
+        with m.If(upd2_valid):
+            m.d.comb += [imp_wr.addr.eq(upd2_addr), imp_wr.data.eq(upd2_count + 1), imp_wr.en.eq(1)]
+        m.d.comb += imp_rd.en.eq(0)
+
+        sel = self.select.payload
+        # A mux over the entries (indexing the ArrayLayout view by a Value would emit a $mul for
+        # the bit offset, and a $mul is what this unit promises never to contain).
+        ranked_key = Array(topk.index[e] for e in range(self.k_max))[rank]
+        m.d.comb += [sel.key.eq(ranked_key), sel.onehot.eq(onehot),
+                     sel.last.eq(rank == k_last)]
+        imp = self.importance.payload
+        m.d.comb += [imp.count.eq(imp_count), imp.high.eq(imp_high),
+                     self.importance.valid.eq(imp_valid), self.keep.payload.eq(keep)]
+
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    with m.If(cmd_ok):
+                        m.d.sync += [
+                            n_reg.eq(cmd.n), n_last.eq(cmd.n - 1), rw_reg.eq(cmd.row_words),
+                            rw_last.eq(cmd.row_words - 1), hw_reg.eq(cmd.head_words),
+                            hw_last.eq(cmd.head_words - 1), k_last.eq(cmd.k - 1),
+                            t_int.eq(cmd.t_int), imp_thr.eq(cmd.importance_threshold),
+                            d_last.eq((cmd.row_words << lg_p) - 1),
+                            *x_reset, *wq_reset, *wk_reset,
+                            bq_addr.eq(0), bk_addr.eq(0), bq_done.eq(0), bk_done.eq(0),
+                            clr.eq(0), cycles.eq(0), head.eq(0), head_wbase.eq(0), head_col.eq(0),
+                        ]
+                        m.next = "LOAD"
+                    with m.Else():
+                        m.d.sync += self.error.eq(1)
+
+            with m.State("LOAD"):
+                m.d.comb += [self.x.ready.eq(~x_done), self.wq.ready.eq(~wq_done),
+                             self.wk.ready.eq(~wk_done), self.bq.ready.eq(~bq_done),
+                             self.bk.ready.eq(~bk_done)]
+                with m.If(clr != n_reg):           # zero the importance counters meanwhile
+                    m.d.comb += [imp_wr.addr.eq(clr), imp_wr.data.eq(0), imp_wr.en.eq(1)]
+                    m.d.sync += clr.eq(clr + 1)
+                with m.If(x_done & wq_done & wk_done & bq_done & bk_done & (clr == n_reg)):
+                    m.next = "HEAD"
+
+            with m.State("HEAD"):
+                m.d.sync += [t.eq(0), out_word.eq(0), out_lane.eq(0),
+                             col.eq(head_col), wbase.eq(head_wbase), xbase.eq(0), kbase.eq(0),
+                             tok.eq(0), row.eq(0), row_qbase.eq(0), keep.eq(0)]
+                m.next = "PROJECT"
+
+            with m.State("PROJECT"):
+                # One X word x one Wq word and one Wk word per cycle; d output columns per token,
+                # each rw words deep.
+                m.d.comb += iss_valid.eq(1)
+                m.d.sync += t.eq(t + 1)
+                with m.If(t == rw_last):
+                    m.d.sync += [t.eq(0), out_lane.eq(out_lane + 1), col.eq(col + 1),
+                                 wbase.eq(wbase + rw_reg)]
+                    with m.If(out_lane == P - 1):
+                        m.d.sync += [out_lane.eq(0), out_word.eq(out_word + 1)]
+                        with m.If(out_word == hw_last):          # token done: every head column
+                            m.d.sync += [out_word.eq(0), col.eq(head_col), wbase.eq(head_wbase),
+                                         xbase.eq(xbase + rw_reg), kbase.eq(kbase + hw_reg),
+                                         tok.eq(tok + 1),
+                                         next_wbase.eq(wbase + rw_reg), next_col.eq(col + 1)]
+                            with m.If(tok == n_last):
+                                m.next = "PROJECT_DRAIN"
+
+            with m.State("PROJECT_DRAIN"):
+                with m.If(~proj_busy):
+                    m.next = "ROW"
+
+            with m.State("ROW"):
+                m.d.sync += [key.eq(0), key_base.eq(0), st.eq(0)]
+                m.d.comb += topk.clear.eq(1)
+                m.next = "SCORE"
+
+            with m.State("SCORE"):
+                m.d.comb += s_iss_valid.eq(1)
+                m.d.sync += st.eq(st + 1)
+                with m.If(st == hw_last):
+                    m.d.sync += [st.eq(0), key.eq(key + 1), key_base.eq(key_base + hw_reg)]
+                    with m.If(key == n_last):
+                        m.next = "SCORE_DRAIN"
+
+            with m.State("SCORE_DRAIN"):
+                with m.If(~score_busy):
+                    m.next = "DECIDE"
+
+            with m.State("DECIDE"):
+                # The gap and its comparison are two ~50-bit carry chains: one cycle each.
+                m.d.sync += [gap.eq(topk.score[0] - topk.score[1]), second_valid.eq(topk.valid[1])]
+                m.next = "DECIDE_COMPARE"
+
+            with m.State("DECIDE_COMPARE"):
+                m.d.sync += [onehot.eq(~second_valid | (gap > t_int)), rank.eq(0)]
+                m.next = "SELECT"
+
+            with m.State("SELECT"):
+                m.d.comb += self.select.valid.eq(1)
+                with m.If(self.select.ready):
+                    m.d.sync += rank.eq(rank + 1)
+                    with m.If(~onehot | (rank == 0)):      # a one-hot row counts its argmax only
+                        m.d.sync += [keep.bit_select(sel.key, 1).eq(1),
+                                     upd_valid.eq(1), upd_addr.eq(sel.key)]
+                        m.d.comb += [imp_rd.addr.eq(sel.key), imp_rd.en.eq(1)]
+                    with m.If(sel.last):
+                        m.d.sync += [row.eq(row + 1), row_qbase.eq(row_qbase + hw_reg)]
+                        with m.If(row == n_last):
+                            m.next = "KEEP"
+                        with m.Else():
+                            m.next = "ROW"
+
+            with m.State("KEEP"):
+                m.d.comb += self.keep.valid.eq(1)
+                with m.If(self.keep.ready):
+                    with m.If(head == H - 1):
+                        m.d.sync += [imp_next.eq(0), imp_valid.eq(0)]
+                        m.next = "IMPORTANCE"
+                    with m.Else():
+                        m.d.sync += [head.eq(head + 1), head_wbase.eq(next_wbase),
+                                     head_col.eq(next_col)]
+                        m.next = "HEAD"
+
+            with m.State("IMPORTANCE"):
+                # One beat per four cycles (read, register, compare, send): the block RAM output
+                # only ever meets a flip-flop, never the host's logic. N beats once per command.
+                with m.If(imp_next == n_reg):
+                    m.next = "IDLE"
+                with m.Elif(~upd_valid & ~upd2_valid):      # the last update has landed
+                    m.d.comb += [imp_rd.addr.eq(imp_next), imp_rd.en.eq(1)]
+                    m.next = "IMPORTANCE_LATCH"
+
+            with m.State("IMPORTANCE_LATCH"):
+                m.d.sync += imp_count.eq(imp_rd.data)
+                m.next = "IMPORTANCE_COMPARE"
+
+            with m.State("IMPORTANCE_COMPARE"):
+                m.d.sync += [imp_high.eq(imp_count >= imp_thr), imp_valid.eq(1)]
+                m.next = "IMPORTANCE_SEND"
+
+            with m.State("IMPORTANCE_SEND"):
+                with m.If(self.importance.ready):
+                    m.d.sync += [imp_valid.eq(0), imp_next.eq(imp_next + 1)]
+                    m.next = "IMPORTANCE"
+
+        # busy / cycles: everything after the loads, up to the last importance beat
+        working = ~fsm.ongoing("IDLE") & ~fsm.ongoing("LOAD")
+        m.d.comb += self.busy.eq(working)
+        with m.If(working):
+            m.d.sync += cycles.eq(cycles + 1)
+        return m

@@ -1,0 +1,58 @@
+"""Streaming top-k: a sorted register array that takes one (score, index) per cycle.
+
+``k_max`` entries, kept sorted by descending score. An insert compares the new score with every
+entry at once (``k_max`` comparators, no loop-carried chain): ``stay[e] = valid[e] & score[e] >=
+new``. Because the array is sorted, ``stay`` is a prefix; entry ``e`` keeps its value where
+``stay[e]``, takes the new element at the first ``e`` that does not stay, and takes entry
+``e - 1`` (a shift down) after it; the last entry falls out. Keys arrive in increasing index
+order, so ``>=`` lets an earlier (lower) index win a tie, as the golden model's stable sort does.
+
+The run-time ``k`` (<= ``k_max``) is applied by the reader, who takes entries ``0 .. k-1``; the
+unit always keeps ``k_max`` so the one-hot rule can compare entries 0 and 1 even for ``k = 1``.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Module, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["TopKSorter"]
+
+
+class TopKSorter(wiring.Component):
+    """Ports: ``clear`` (empties the array), ``insert`` / ``in_score`` / ``in_index`` (one
+    element per cycle), and the sorted ``score``, ``index``, ``valid`` arrays (registered)."""
+
+    def __init__(self, k_max: int, score_width: int, index_width: int):
+        for name, value in (("k_max", k_max), ("score_width", score_width),
+                            ("index_width", index_width)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"TopKSorter.{name} must be a positive integer, got {value!r}")
+        self.k_max = k_max
+        super().__init__({
+            "clear": In(1), "insert": In(1),
+            "in_score": In(signed(score_width)), "in_index": In(unsigned(index_width)),
+            "score": Out(data.ArrayLayout(signed(score_width), k_max)),
+            "index": Out(data.ArrayLayout(unsigned(index_width), k_max)),
+            "valid": Out(data.ArrayLayout(unsigned(1), k_max)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        K = self.k_max
+        stay = [self.valid[e] & (self.score[e] >= self.in_score) for e in range(K)]
+        with m.If(self.clear):
+            for e in range(K):
+                m.d.sync += self.valid[e].eq(0)
+        with m.Elif(self.insert):
+            for e in range(K):
+                take_new = ~stay[e] if e == 0 else (stay[e - 1] & ~stay[e])
+                with m.If(take_new):
+                    m.d.sync += [self.score[e].eq(self.in_score), self.index[e].eq(self.in_index),
+                                 self.valid[e].eq(1)]
+                if e > 0:
+                    with m.Elif(~stay[e]):
+                        m.d.sync += [self.score[e].eq(self.score[e - 1]),
+                                     self.index[e].eq(self.index[e - 1]),
+                                     self.valid[e].eq(self.valid[e - 1])]
+        return m
