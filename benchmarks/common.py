@@ -33,14 +33,20 @@ def progress(message: str):
 
 
 def board_builds(unit_name: str, boards, targets=FMAX_TARGET_MHZ) -> list[dict]:
-    """Build ``unit_name`` with each board's default config, asking nextpnr for the target."""
+    """Build ``unit_name`` with each board's default config, asking nextpnr for the target.
+    A board the unit does not fit (``board_config`` raises) is listed with the reason."""
     from vitaccel import units
     from vitaccel.cli import run_build
     unit = units.get(unit_name)
     rows = []
     for board in boards:
+        try:
+            cfg = unit.board_config(board)
+        except ValueError as exc:
+            progress(f"{unit_name} does not fit {board}: {exc}")
+            rows.append({"board": board, "config": f"does not fit: {exc}"})
+            continue
         progress(f"building {unit_name} for {board} (target {targets.get(board)} MHz)")
-        cfg = unit.board_config(board)
         report = run_build(unit_name, cfg, board, targets.get(board))
         rows.append({
             "board": board, "config": str(cfg), "luts": report.get("luts"),
