@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / ".." / "shared" / "data" / "vitcod_deit_tiny" / "mask_info_0.95.npz"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -41,7 +40,7 @@ def run(heads=None, simulator="verilator", seed=0):
     from vitaccel.golden import vitcod as gv
     u = units.get("vitcod")
     cfg = u.Config()
-    pruned = np.load(DATA)["pruned"]
+    pruned = gv.load_real_mask()
     n, d = 197, 64
     L, P = cfg.lines, cfg.macs_per_line
     f = -(-d // P)
@@ -173,8 +172,9 @@ def main(argv=None):
     ap.add_argument("--heads", help="comma-separated layer:head list (default: all 36)")
     ap.add_argument("--simulator", default="verilator", choices=("verilator", "amaranth"))
     args = ap.parse_args(argv)
-    if not DATA.exists():
-        print(f"real mask not found at {DATA}", file=sys.stderr)
+    from vitaccel.golden.vitcod import REAL_MASK_PATH
+    if not REAL_MASK_PATH.exists():
+        print(f"real mask not found at {REAL_MASK_PATH}", file=sys.stderr)
         return 2
     heads = None
     if args.heads:

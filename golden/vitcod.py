@@ -52,7 +52,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import numpy as np
+
+#: The ViTCoD authors' DeiT-Tiny fixed mask (12 layers x 3 heads x 197 x 197, True = pruned),
+#: shipped with the package under its Apache-2.0 licence (see data/vitcod_deit_tiny/README.md).
+REAL_MASK_PATH = Path(__file__).resolve().parent / "data" / "vitcod_deit_tiny" / "mask_info_0.95.npz"
+
+
+def load_real_mask() -> np.ndarray:
+    """The real DeiT-Tiny mask, shape (12, 3, 197, 197), dtype bool (True = pruned)."""
+    with np.load(REAL_MASK_PATH) as data:
+        return data["pruned"].astype(bool)
+
 
 from .fixedpoint import (Requant, check_int_array, quantize_multiplier, reciprocal, requantize,
                          rshift_round)

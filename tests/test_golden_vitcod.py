@@ -1,17 +1,14 @@
 """ViTCoD golden models: mask compiler (toy case, real DeiT-Tiny mask, validation), integer model
 against the float reference within the stated bound, exp LUT, auto-encoder, line split."""
-import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from vitaccel.golden import vitcod as gv
+from vitaccel.golden.vitcod import REAL_MASK_PATH, load_real_mask
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "vitcod_deit_tiny" \
-    / "mask_info_0.95.npz"
-needs_data = pytest.mark.skipif(not DATA.exists(),
-                                reason=f"real ViTCoD mask not found at {DATA} (../shared/data)")
+needs_data = pytest.mark.skipif(not REAL_MASK_PATH.exists(),
+                                reason=f"real ViTCoD mask missing: {REAL_MASK_PATH}")
 
 
 def toy_mask():
@@ -49,7 +46,7 @@ def test_toy_case_by_hand():
 
 @needs_data
 def test_real_mask_reproduces_readme():
-    pruned = np.load(DATA)["pruned"]
+    pruned = load_real_mask()
     g_table = [[1, 10, 1], [1, 1, 1], [70, 1, 1], [1, 1, 1], [1, 1, 1], [20, 3, 1], [17, 1, 1],
                [1, 1, 1], [1, 5, 1], [9, 1, 7], [10, 6, 15], [31, 21, 28]]
     max_sparse = 0
@@ -161,7 +158,7 @@ def test_integer_model_within_stated_bound_of_float(seed, scales):
 @needs_data
 @pytest.mark.parametrize("layer,head", [(0, 0), (2, 0), (11, 2)])
 def test_integer_model_on_real_heads(layer, head):
-    mask = np.load(DATA)["pruned"][layer, head]
+    mask = load_real_mask()[layer, head]
     rng = np.random.default_rng(layer * 3 + head)
     q, k, v = (rng.integers(-128, 128, (197, 64)) for _ in range(3))
     scales = (1 / 32, 1 / 32, 1 / 64, 1 / 64)

@@ -175,12 +175,15 @@ def test_protocol_violation(mode, what):
         amaranth_sim.run(Flaky(mode), job)
 
 
-def test_build_cache_reused():
+def test_build_cache_reused(tmp_path):
+    # a private build root: with pytest-xdist another worker may be running the same design in
+    # the shared one, and its run directory would be seen below
     job, want = stage_job(StallProfile(), n=5)
-    first = runner.run(Stage(), job, build_root=BUILD_ROOT)        # built here or by another test
+    first = runner.run(Stage(), job, build_root=tmp_path)
+    assert first.built
     binary = first.build_dir / "top"
     mtime = binary.stat().st_mtime_ns
-    second = runner.run(Stage(), job, build_root=BUILD_ROOT)
+    second = runner.run(Stage(), job, build_root=tmp_path)
     assert not second.built
     assert second.build_dir == first.build_dir
     assert binary.stat().st_mtime_ns == mtime

@@ -2,22 +2,20 @@
 
 Amaranth simulator on small configs (every test seeded, stalls always on); Verilator runs of the
 same unit (slow: the first C++ build takes about a minute, cached afterwards)."""
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from vitaccel import units
 from vitaccel.golden import vitcod as gv
+from vitaccel.golden.vitcod import REAL_MASK_PATH, load_real_mask
 from vitaccel.rtl.vitcod import (ERR_BAD_CMD, ERR_CSC, ERR_INDEX_RANGE, VitCoDCore, cmd_layout)
 from vitaccel.sim import amaranth_sim
 from vitaccel.sim.job import Job, StallProfile, pack_fields
 
 u = units.get("vitcod")
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "vitcod_deit_tiny" \
-    / "mask_info_0.95.npz"
-needs_data = pytest.mark.skipif(not DATA.exists(),
-                                reason=f"real ViTCoD mask not found at {DATA} (../shared/data)")
+needs_data = pytest.mark.skipif(not REAL_MASK_PATH.exists(),
+                                reason=f"real ViTCoD mask missing: {REAL_MASK_PATH}")
 
 SMALL = u.Config(lines=4, macs_per_line=3, n_max=16, d_max=8, g_max=16, nnz_max=160,
                  dense_groups_max=8, normalisers=3, theta_d=4, q_scale=0.02, k_scale=0.03,
@@ -132,7 +130,7 @@ def test_real_mask_head_with_random_qkv():
     """Layer 0, head 0 of the authors' DeiT-Tiny mask (G = 1, nnz = 2,244), d reduced to 3 for
     the Python simulator (~14k cycles: 25-60 s); all 36 heads at d = 64 run in the benchmark
     and three of them in the Verilator tests below."""
-    pruned = np.load(DATA)["pruned"]
+    pruned = load_real_mask()
     rng = np.random.default_rng(8)
     cfg = u.Config(lines=4, macs_per_line=3, n_max=197, d_max=3, g_max=80, nnz_max=4096,
                    dense_groups_max=12, theta_d=50)
@@ -241,7 +239,7 @@ def test_verilator_demo_config_matches_golden_and_amaranth_cycles():
 @needs_data
 @pytest.mark.parametrize("layer,head", [(0, 0), (2, 0), (11, 1)])
 def test_verilator_real_heads_full_size(layer, head):
-    pruned = np.load(DATA)["pruned"]
+    pruned = load_real_mask()
     rng = np.random.default_rng(layer * 3 + head)
     cfg = u.Config()
     inputs = {**qkv(rng, 1, 197, 64), "mask": pruned[layer, head:head + 1]}
