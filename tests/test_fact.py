@@ -166,8 +166,8 @@ def test_verilator_matches_golden_with_stalls(case):
     check(cfg, inp, simulator="verilator", stalls=n)
 
 
-@pytest.mark.slow
 def test_verilator_demo_config_cycles():
+    """The one FACT Verilator run in `make test` (~1 min with the model build)."""
     cfg = u.demo_config()
     inp = u.random_inputs(cfg, seed=3)
     _, stats = check(cfg, inp, simulator="verilator", stalls=False)

@@ -224,8 +224,8 @@ def test_component_parameters_are_checked():
 
 # --- Verilator ------------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_verilator_demo_config_matches_golden_and_amaranth_cycles():
+    """The one ViTCoD Verilator run in `make test` (~1 min with the model build)."""
     cfg = u.demo_config()
     inputs = u.random_inputs(cfg, seed=1, heads=2)
     want = u.golden(cfg, **inputs)
