@@ -198,7 +198,7 @@ def expected_compute_cycles(cfg: Config, n: int, d_model: int) -> int:
     d = d_model // cfg.heads
     rw, hw = d_model // cfg.lanes, d // cfg.lanes
     levels = max(cfg.lanes - 1, 0).bit_length()
-    proj_drain = 8 + levels        # read, codes, shift, negate, tree, accumulate, bias, saturate
+    proj_drain = 9 + levels        # read, codes, shift, negate, tree, accumulate, bias read, bias register, saturate
     score_drain = 6 + levels       # read, codes, shift, negate, tree, accumulate
     projections = 1 + n * d * rw + proj_drain                # HEAD, PROJECT, PROJECT_DRAIN
     row = 1 + n * hw + score_drain + 2 + cfg.k               # ROW, SCORE, DECIDE x2, SELECT
