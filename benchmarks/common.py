@@ -25,6 +25,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--no-build", action="store_true", help="skip the YoWASP board builds")
     p.add_argument("--boards", nargs="*", default=["ulx3s", "icebreaker"],
                    help="boards to build for (default: ulx3s icebreaker)")
+    p.add_argument("--saved-builds", action="store_true",
+                   help="reuse the reports of earlier `vitaccel build` runs "
+                        "(build/results/<unit>-build-<board>.json) instead of rebuilding")
     return p
 
 
@@ -32,7 +35,7 @@ def progress(message: str):
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def board_builds(unit_name: str, boards, targets=FMAX_TARGET_MHZ) -> list[dict]:
+def board_builds(unit_name: str, boards, targets=FMAX_TARGET_MHZ, saved=False) -> list[dict]:
     """Build ``unit_name`` with each board's default config, asking nextpnr for the target.
     A board the unit does not fit (``board_config`` raises) is listed with the reason."""
     from vitaccel import units
@@ -46,8 +49,15 @@ def board_builds(unit_name: str, boards, targets=FMAX_TARGET_MHZ) -> list[dict]:
             progress(f"{unit_name} does not fit {board}: {exc}")
             rows.append({"board": board, "config": f"does not fit: {exc}"})
             continue
-        progress(f"building {unit_name} for {board} (target {targets.get(board)} MHz)")
-        report = run_build(unit_name, cfg, board, targets.get(board))
+        saved_path = Path("build/results") / f"{unit_name}-build-{board}.json"
+        if saved and saved_path.exists():
+            progress(f"reusing {saved_path}")
+            report = json.loads(saved_path.read_text())
+            if report.get("config") != str(cfg) and report.get("config") != cfg.__dict__:
+                progress(f"  note: saved build config {report.get('config')} differs from {cfg}")
+        else:
+            progress(f"building {unit_name} for {board} (target {targets.get(board)} MHz)")
+            report = run_build(unit_name, cfg, board, targets.get(board))
         rows.append({
             "board": board, "config": str(cfg), "luts": report.get("luts"),
             "dsps": report.get("dsps"), "brams": report.get("brams"),

@@ -69,7 +69,8 @@ def main(argv=None):
             "util_compute": round(totals[STREAM_LEN]["mac_utilisation"], 4),
             "bit_exact": True,
         })
-    builds = [] if args.no_build else common.board_builds("gemm", args.boards)
+    builds = [] if args.no_build else common.board_builds("gemm", args.boards,
+                                                                saved=args.saved_builds)
     md = [f"GEMM engine, {cfg.rows}x{cfg.cols} MACs (ULX3S default), simulator {args.sim}, "
           "no stalls.\n",
           common.markdown_table(rows, ["M", "N", "K", "compute_cycles", "ideal_cycles",

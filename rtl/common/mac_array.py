@@ -7,7 +7,8 @@ tile: the final sums go straight into a result bank (so the accumulators are fre
 tile on the following cycle) and leave on ``result`` one array row per beat, ``cols`` int32 lanes,
 ``nrows`` beats for the tile (tail tiles emit fewer rows).
 
-Pipeline: operands -> [operand registers] -> [multiply] -> [accumulate / write result bank]. The
+Pipeline: operands -> [operand registers] -> [multiply] -> [product register] ->
+[accumulate / write result bank]. The
 operand registers cut the path from whatever feeds the array (block RAM outputs are slow on ECP5)
 to the DSP multipliers. The only stall is a tile that
 ends while the result bank still holds the previous tile; with ``rows <= K`` that never happens, so
@@ -71,6 +72,15 @@ class MACArray(wiring.Component):
         p_nrows = Signal.like(ops.nrows)
         prod = [[Signal(signed(2 * self.in_width), name=f"prod_{r}_{c}") for c in range(C)]
                 for r in range(R)]
+        # Stage 1b: a second product register. Its only load is the accumulator's register, so
+        # the placer can keep the first one beside its DSP; with a single register the placer
+        # pulled it toward the accumulator and DSP -> FF routing set the ECP5 Fmax.
+        q_valid = Signal()
+        q_first = Signal()
+        q_last = Signal()
+        q_nrows = Signal.like(ops.nrows)
+        prod2 = [[Signal(signed(2 * self.in_width), name=f"prod2_{r}_{c}") for c in range(C)]
+                 for r in range(R)]
 
         # Stage 2: accumulators and the result bank (rows shift out toward row 0).
         acc = [[Signal(signed(W), name=f"acc_{r}_{c}") for c in range(C)] for r in range(R)]
@@ -81,7 +91,7 @@ class MACArray(wiring.Component):
         # depends only on registers, never on result.ready, so no combinational path runs from
         # the consumer's ready back into the array.
         advance = Signal()
-        m.d.comb += advance.eq(~(p_valid & p_last & (bank_count != 0)))
+        m.d.comb += advance.eq(~(q_valid & q_last & (bank_count != 0)))
         m.d.comb += self.operands.ready.eq(advance)
 
         with m.If(advance):
@@ -92,30 +102,35 @@ class MACArray(wiring.Component):
                 p_first.eq(o_ops.first),
                 p_last.eq(o_ops.last),
                 p_nrows.eq(o_ops.nrows),
+                q_valid.eq(p_valid),
+                q_first.eq(p_first),
+                q_last.eq(p_last),
+                q_nrows.eq(p_nrows),
             ]
             for r in range(R):
                 for c in range(C):
-                    m.d.sync += prod[r][c].eq(o_ops.a[r] * o_ops.b[c])
+                    m.d.sync += [prod[r][c].eq(o_ops.a[r] * o_ops.b[c]),
+                                 prod2[r][c].eq(prod[r][c])]
 
-        with m.If(advance & p_valid):
+        with m.If(advance & q_valid):
             for r in range(R):
                 for c in range(C):
-                    total = Mux(p_first, 0, acc[r][c]) + prod[r][c]
+                    total = Mux(q_first, 0, acc[r][c]) + prod2[r][c]
                     m.d.sync += acc[r][c].eq(total)
-                    with m.If(p_last):
+                    with m.If(q_last):
                         m.d.sync += bank[r][c].eq(total)
 
         # Drain: row 0 of the bank is the payload; a handshake shifts the rows up by one.
         m.d.comb += self.result.valid.eq(bank_count != 0)
         for c in range(C):
             m.d.comb += self.result.payload[c].eq(bank[0][c])
-        with m.If(advance & p_valid & p_last):
-            m.d.sync += bank_count.eq(p_nrows)
+        with m.If(advance & q_valid & q_last):
+            m.d.sync += bank_count.eq(q_nrows)
         with m.Elif(self.result.valid & self.result.ready):
             m.d.sync += bank_count.eq(bank_count - 1)
             for r in range(R - 1):
                 for c in range(C):
                     m.d.sync += bank[r][c].eq(bank[r + 1][c])
 
-        m.d.comb += self.active.eq(o_valid | p_valid | (bank_count != 0))
+        m.d.comb += self.active.eq(o_valid | p_valid | q_valid | (bank_count != 0))
         return m
