@@ -61,6 +61,17 @@ import numpy as np
 REAL_MASK_PATH = Path(__file__).resolve().parent / "data" / "vitcod_deit_tiny" / "mask_info_0.95.npz"
 
 
+def toy_mask() -> np.ndarray:
+    """The spec's 8 x 8 toy case (True = pruned): columns 0 and 5 fully kept (global at
+    theta_d = 4), the other columns sparse."""
+    keep = np.zeros((8, 8), dtype=bool)
+    keep[:, 0] = keep[:, 5] = True
+    for col, rows in {1: [0, 1], 2: [0, 1, 2], 3: [0, 2, 3], 4: [0, 3, 4], 6: [0, 5, 6],
+                      7: [0, 6, 7]}.items():
+        keep[rows, col] = True
+    return ~keep
+
+
 def load_real_mask() -> np.ndarray:
     """The real DeiT-Tiny mask, shape (12, 3, 197, 197), dtype bool (True = pruned)."""
     with np.load(REAL_MASK_PATH) as data:

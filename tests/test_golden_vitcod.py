@@ -5,20 +5,12 @@ import numpy as np
 import pytest
 
 from vitaccel.golden import vitcod as gv
-from vitaccel.golden.vitcod import REAL_MASK_PATH, load_real_mask
+from vitaccel.golden.vitcod import REAL_MASK_PATH, load_real_mask, toy_mask
 
 needs_data = pytest.mark.skipif(not REAL_MASK_PATH.exists(),
                                 reason=f"real ViTCoD mask missing: {REAL_MASK_PATH}")
 
 
-def toy_mask():
-    """The spec's 8 x 8 toy case: columns 0 and 5 fully kept (global at theta_d = 4)."""
-    keep = np.zeros((8, 8), dtype=bool)
-    keep[:, 0] = keep[:, 5] = True
-    for col, rows in {1: [0, 1], 2: [0, 1, 2], 3: [0, 2, 3], 4: [0, 3, 4], 6: [0, 5, 6],
-                      7: [0, 6, 7]}.items():
-        keep[rows, col] = True
-    return ~keep
 
 
 def vit_like_mask(n, rng, globals_=(0,), density=0.15):

@@ -8,7 +8,7 @@ import pytest
 
 from vitaccel import units
 from vitaccel.golden import vitcod as gv
-from vitaccel.golden.vitcod import REAL_MASK_PATH, load_real_mask
+from vitaccel.golden.vitcod import REAL_MASK_PATH, load_real_mask, toy_mask
 from vitaccel.rtl.vitcod import (ERR_BAD_CMD, ERR_CSC, ERR_INDEX_RANGE, VitCoDCore, cmd_layout)
 from vitaccel.sim import amaranth_sim
 from vitaccel.sim.job import Job, StallProfile, pack_fields
@@ -36,13 +36,6 @@ def check(cfg, inputs, stalls, **expect):
     return stats
 
 
-def toy_mask():
-    keep = np.zeros((8, 8), dtype=bool)
-    keep[:, 0] = keep[:, 5] = True
-    for col, rows in {1: [0, 1], 2: [0, 1, 2], 3: [0, 2, 3], 4: [0, 3, 4], 6: [0, 5, 6],
-                      7: [0, 6, 7]}.items():
-        keep[rows, col] = True
-    return ~keep
 
 
 def test_toy_case_of_the_spec():
