@@ -61,24 +61,23 @@ class MACArray(wiring.Component):
         R, C, W = self.rows, self.cols, self.acc_width
         ops = self.operands.payload
 
+        # The tile sideband (valid, first, last, nrows) travels beside the data, one register
+        # per stage.
+        sideband = data.StructLayout({"valid": 1, "first": 1, "last": 1,
+                                      "nrows": ops.nrows.shape()})
+
         # Stage 0: operand registers.
         o_valid = Signal()
         o_ops = Signal.like(ops)
 
         # Stage 1: products (registered so the multiplier maps onto a DSP with a short path).
-        p_valid = Signal()
-        p_first = Signal()
-        p_last = Signal()
-        p_nrows = Signal.like(ops.nrows)
+        p = Signal(sideband)
         prod = [[Signal(signed(2 * self.in_width), name=f"prod_{r}_{c}") for c in range(C)]
                 for r in range(R)]
         # Stage 1b: a second product register. Its only load is the accumulator's register, so
         # the placer can keep the first one beside its DSP; with a single register the placer
         # pulled it toward the accumulator and DSP -> FF routing set the ECP5 Fmax.
-        q_valid = Signal()
-        q_first = Signal()
-        q_last = Signal()
-        q_nrows = Signal.like(ops.nrows)
+        q = Signal(sideband)
         prod2 = [[Signal(signed(2 * self.in_width), name=f"prod2_{r}_{c}") for c in range(C)]
                  for r in range(R)]
 
@@ -91,46 +90,43 @@ class MACArray(wiring.Component):
         # depends only on registers, never on result.ready, so no combinational path runs from
         # the consumer's ready back into the array.
         advance = Signal()
-        m.d.comb += advance.eq(~(q_valid & q_last & (bank_count != 0)))
+        m.d.comb += advance.eq(~(q.valid & q.last & (bank_count != 0)))
         m.d.comb += self.operands.ready.eq(advance)
 
         with m.If(advance):
             m.d.sync += [
                 o_valid.eq(self.operands.valid),
                 o_ops.eq(ops),
-                p_valid.eq(o_valid),
-                p_first.eq(o_ops.first),
-                p_last.eq(o_ops.last),
-                p_nrows.eq(o_ops.nrows),
-                q_valid.eq(p_valid),
-                q_first.eq(p_first),
-                q_last.eq(p_last),
-                q_nrows.eq(p_nrows),
+                p.valid.eq(o_valid),
+                p.first.eq(o_ops.first),
+                p.last.eq(o_ops.last),
+                p.nrows.eq(o_ops.nrows),
+                q.eq(p),
             ]
             for r in range(R):
                 for c in range(C):
                     m.d.sync += [prod[r][c].eq(o_ops.a[r] * o_ops.b[c]),
                                  prod2[r][c].eq(prod[r][c])]
 
-        with m.If(advance & q_valid):
+        with m.If(advance & q.valid):
             for r in range(R):
                 for c in range(C):
-                    total = Mux(q_first, 0, acc[r][c]) + prod2[r][c]
+                    total = Mux(q.first, 0, acc[r][c]) + prod2[r][c]
                     m.d.sync += acc[r][c].eq(total)
-                    with m.If(q_last):
+                    with m.If(q.last):
                         m.d.sync += bank[r][c].eq(total)
 
         # Drain: row 0 of the bank is the payload; a handshake shifts the rows up by one.
         m.d.comb += self.result.valid.eq(bank_count != 0)
         for c in range(C):
             m.d.comb += self.result.payload[c].eq(bank[0][c])
-        with m.If(advance & q_valid & q_last):
-            m.d.sync += bank_count.eq(q_nrows)
+        with m.If(advance & q.valid & q.last):
+            m.d.sync += bank_count.eq(q.nrows)
         with m.Elif(self.result.valid & self.result.ready):
             m.d.sync += bank_count.eq(bank_count - 1)
             for r in range(R - 1):
                 for c in range(C):
                     m.d.sync += bank[r][c].eq(bank[r + 1][c])
 
-        m.d.comb += self.active.eq(o_valid | p_valid | q_valid | (bank_count != 0))
+        m.d.comb += self.active.eq(o_valid | p.valid | q.valid | (bank_count != 0))
         return m
