@@ -36,35 +36,76 @@ def progress(message: str):
 
 
 def board_builds(unit_name: str, boards, targets=FMAX_TARGET_MHZ, saved=False) -> list[dict]:
-    """Build ``unit_name`` with each board's default config, asking nextpnr for the target.
-    A board the unit does not fit (``board_config`` raises) is listed with the reason."""
+    """One row per board: LUT/FF/DSP/BRAM and the Fmax nextpnr reached when asked for the board's
+    target, from a build of the board's default config behind the host link.
+
+    With ``saved`` the report of an earlier ``vitaccel build <unit> --board B`` run
+    (``build/results/<unit>-build-<board>.json``; ECP5 builds of the large units take tens of
+    minutes here, so they are run on their own) is used instead, if it was made with the board's
+    default config; ``built_utc`` (the report's time) says which RTL it saw. A board the unit does
+    not fit (``board_config`` raises) or a build that fails is a row with the reason, not a crash.
+    """
+    import dataclasses
+
     from vitaccel import units
-    from vitaccel.cli import run_build
+    from vitaccel.boards.build import BuildError
+    from vitaccel.cli import RESULTS, _jsonable, run_build
     unit = units.get(unit_name)
     rows = []
     for board in boards:
+        target = targets.get(board)
         try:
             cfg = unit.board_config(board)
         except ValueError as exc:
             progress(f"{unit_name} does not fit {board}: {exc}")
-            rows.append({"board": board, "config": f"does not fit: {exc}"})
+            rows.append({"board": board, "fits": False, "note": f"does not fit: {exc}"})
             continue
-        saved_path = Path("build/results") / f"{unit_name}-build-{board}.json"
-        if saved and saved_path.exists():
-            progress(f"reusing {saved_path}")
+        saved_path = RESULTS / f"{unit_name}-build-{board}.json"
+        if saved and saved_path.is_file():
             report = json.loads(saved_path.read_text())
-            if report.get("config") != str(cfg) and report.get("config") != cfg.__dict__:
-                progress(f"  note: saved build config {report.get('config')} differs from {cfg}")
+            default = json.loads(json.dumps(dataclasses.asdict(cfg), default=_jsonable))
+            if report.get("config") != default:
+                progress(f"{saved_path.name}: not the {board} default config, ignored")
+                rows.append({"board": board, "note": "saved build is not of the default config"})
+                continue
+            progress(f"reusing {saved_path}")
+            built = datetime.fromtimestamp(saved_path.stat().st_mtime, timezone.utc)
         else:
-            progress(f"building {unit_name} for {board} (target {targets.get(board)} MHz)")
-            report = run_build(unit_name, cfg, board, targets.get(board))
+            progress(f"building {unit_name} for {board} (target {target} MHz)")
+            try:
+                report = run_build(unit_name, cfg, board, target)
+            except BuildError as exc:
+                rows.append({"board": board, "note": f"build failed: {exc}"})
+                continue
+            built = datetime.now(timezone.utc)
+        fmax = report.get("fmax_mhz")
         rows.append({
             "board": board, "config": str(cfg), "luts": report.get("luts"),
-            "dsps": report.get("dsps"), "brams": report.get("brams"),
-            "fmax_mhz": round(report["fmax_mhz"], 2), "target_mhz": targets.get(board),
-            "meets_target": report["fmax_mhz"] >= targets.get(board, 0),
+            "ffs": report.get("ffs"), "dsps": report.get("dsps"), "brams": report.get("brams"),
+            "fmax_mhz": None if fmax is None else round(fmax, 2),
+            "target_mhz": report.get("target_mhz") or target,
+            "meets_target": fmax is not None and target is not None and fmax >= target,
+            "build_seconds": report.get("seconds"),
+            "built_utc": built.isoformat(timespec="minutes"),
         })
     return rows
+
+
+BUILD_COLUMNS = ["board", "luts", "ffs", "dsps", "brams", "fmax_mhz", "target_mhz", "meets_target",
+                 "built_utc"]
+
+
+def builds_markdown(builds: list[dict]) -> list[str]:
+    """The board-build table of :func:`board_builds` rows, each built config, and the boards that
+    were not built with the reason."""
+    built = [r for r in builds if "fmax_mhz" in r]
+    md = []
+    if built:
+        md += ["\nBoard builds (each board's default config behind the UART host link; nextpnr "
+               "asked for the target):\n", markdown_table(built, BUILD_COLUMNS), ""]
+        md += [f"- {r['board']}: `{r['config']}`" for r in built]
+    md += [f"\n{r['board']}: {r['note']}" for r in builds if "note" in r]
+    return md
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

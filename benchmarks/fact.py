@@ -15,7 +15,7 @@ Writes ``benchmarks/results/fact.json`` and ``benchmarks/results/fact.md``.
   a measured stall-free Verilator run of the demo configuration with ``--simulate``.
 
 Usage: ``python benchmarks/fact.py [--torch-python PATH] [--simulate] [--no-build]``
-(board builds use :func:`vitaccel.boards.build.build`; the ULX3S is asked for 100 MHz).
+(board builds: :func:`common.board_builds`; the ULX3S is asked for 100 MHz).
 """
 from __future__ import annotations
 
@@ -29,8 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vitaccel import units
-from vitaccel.golden import fact as g
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+from vitaccel import units  # noqa: E402
+from vitaccel.golden import fact as g  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = [(m, eo) for m in (0, 1, 2) for eo in ("none", "x", "q", "xq")]
@@ -164,37 +168,11 @@ def cycles_section(simulate: bool, simulator: str):
     return out
 
 
-BUILD_DIR = Path("build/boards/fact")
+#: nextpnr targets: the issue's 100 MHz on the ULX3S, the project's figure for the iCEBreaker.
+FMAX_TARGET_MHZ = {"ulx3s": 100.0, "icebreaker": 30.0}
 
 
-def board_section(boards, reuse=False):
-    """Build each board's default config behind the host link; ULX3S is asked for 100 MHz.
-    With ``reuse`` an earlier ``build_result.json`` under ``build/boards/fact/<board>`` is read
-    instead (the ULX3S build takes tens of minutes on a shared machine)."""
-    from vitaccel.cli import run_build
-    u = units.get("fact")
-    rows = []
-    for board in boards:
-        cfg = u.board_config(board)
-        target = 100.0 if board == "ulx3s" else None
-        previous = BUILD_DIR / board / "build_result.json"
-        try:
-            if reuse and previous.is_file():
-                progress(f"reusing {previous}")
-                r = json.loads(previous.read_text())
-            else:
-                progress(f"building fact for {board}")
-                r = run_build("fact", cfg, board, target)     # also saved for `vitaccel report`
-        except Exception as exc:          # a failed build is a result to report, not a crash
-            rows.append({"board": board, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        rows.append({k: r.get(k) for k in ("board", "device", "luts", "ffs", "dsps", "brams",
-                                           "fmax_mhz", "target_mhz", "timing_met", "seconds")})
-    return rows
-
-
-def progress(message):
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+progress = common.progress
 
 
 def markdown(report):
@@ -236,15 +214,7 @@ def markdown(report):
                          f"{d['stats']['cycles_per_head']:.0f} per head, total {d['stats']['cycles']} "
                          f"with loads; Q rows skipped {d['stats']['q_rows_skipped']:.3f}, "
                          f"K/V columns skipped {d['stats']['kv_columns_skipped']:.3f}.")
-    if report.get("builds"):
-        lines += ["", "## Board builds (behind the UART host link)", "",
-                  "| board | LUT | FF | DSP | BRAM | Fmax MHz | target MHz | note |", "|---|---|---|---|---|---|---|---|"]
-        for r in report["builds"]:
-            if "error" in r:
-                lines.append(f"| {r['board']} | | | | | | | {r['error'][:120]} |")
-            else:
-                lines.append(f"| {r['board']} | {r['luts']} | {r['ffs']} | {r['dsps']} | {r['brams']} | "
-                             f"{r['fmax_mhz']:.1f} | {r['target_mhz']} | |")
+    lines += common.builds_markdown(report.get("builds", []))
     return "\n".join(lines) + "\n"
 
 
@@ -257,8 +227,9 @@ def main(argv=None):
     ap.add_argument("--sim", default="verilator", choices=("verilator", "icarus", "amaranth"))
     ap.add_argument("--no-build", action="store_true", help="skip the YoWASP board builds")
     ap.add_argument("--boards", nargs="*", default=["ulx3s", "icebreaker"])
-    ap.add_argument("--reuse-builds", action="store_true",
-                    help="read earlier build results under build/boards/fact instead of building")
+    ap.add_argument("--saved-builds", action="store_true",
+                    help="reuse the reports of earlier `vitaccel build fact` runs "
+                         "(build/results/fact-build-<board>.json) instead of rebuilding")
     args, _ = ap.parse_known_args(argv)       # benchmarks/run.py passes the common flags
     report = {"accuracy": {}, "note": "hit rates vs exact int8 attention, k = 20% of N"}
     sets = {"structured synthetic (N=197, D=192, 3 heads)": structured_cases()}
@@ -273,7 +244,8 @@ def main(argv=None):
         progress(f"{name}: " + ", ".join(f"m{r['mantissa_bits']}/{r['exact_operand']}="
                                          f"{r['hit_rate']:.3f}" for r in rows))
     report["cycles"] = cycles_section(args.simulate, args.sim)
-    report["builds"] = [] if args.no_build else board_section(args.boards, args.reuse_builds)
+    report["builds"] = [] if args.no_build else common.board_builds(
+        "fact", args.boards, FMAX_TARGET_MHZ, saved=args.saved_builds)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fact.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (RESULTS / "fact.md").write_text(markdown(report))

@@ -83,10 +83,7 @@ def main(argv=None):
                                                "cycles_per_problem_steady", "ideal_cycles",
                                                "load_cycles", "util_steady_state",
                                                "util_compute", "bit_exact"])]
-    if builds:
-        md += ["\nBoard builds (each board's default config; nextpnr asked for the target):\n",
-               common.markdown_table(builds, ["board", "config", "luts", "dsps", "brams",
-                                              "fmax_mhz", "target_mhz", "meets_target"])]
+    md += common.builds_markdown(builds)
     common.write("gemm", {"config": str(cfg), "simulator": args.sim, "sizes": rows, "streams": stream_rows,
                           "builds": builds}, "\n".join(md))
     print("\n".join(md))

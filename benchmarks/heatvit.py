@@ -60,43 +60,12 @@ def agreement(u, cfg, make_tokens, seeds, n):
             "mean_keep_rate": round(float(np.mean(keep_rate)), 3)}
 
 
-def saved_builds(u, boards, targets=FMAX_TARGET_MHZ):
-    """Rows like :func:`common.board_builds` from the reports `vitaccel build heatvit --board B
-    --freq F` saved under build/results (builds take many minutes, so they are run on their own).
-    A report is used only if it was made with the board's default config; ``built_utc`` (the
-    report's time) says which RTL it saw."""
-    import dataclasses
-    import json
-    from datetime import datetime, timezone
-    root = Path(__file__).resolve().parent.parent
-    rows = []
-    for board in boards:
-        path = root / "build" / "results" / f"heatvit-build-{board}.json"
-        if not path.is_file():
-            continue
-        rep = json.loads(path.read_text())
-        if rep.get("config") != dataclasses.asdict(u.board_config(board)):
-            common.progress(f"{path.name}: not the {board} default config, ignored")
-            continue
-        built = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
-        rows.append({"board": board, "config": str(u.board_config(board)),
-                     "luts": rep.get("luts"), "ffs": rep.get("ffs"), "dsps": rep.get("dsps"),
-                     "brams": rep.get("brams"), "fmax_mhz": rep["fmax_mhz"],
-                     "target_mhz": rep.get("target_mhz"),
-                     "meets_target": rep["fmax_mhz"] >= targets.get(board, 0),
-                     "built_utc": built.isoformat(timespec="minutes")})
-    return rows
-
-
 def main(argv=None):
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="*", default=list(SIM_SEEDS),
                    help="weight/data seeds of the simulated DeiT-T images")
     p.add_argument("--agreement-images", type=int, default=40,
                    help="images per input kind for the decision agreement (golden models only)")
-    p.add_argument("--saved-builds", action="store_true",
-                   help="take the board numbers from the saved `vitaccel build` reports instead "
-                        "of building")
     args = p.parse_args(argv)
     u = units.get("heatvit")
     cfg = u.Config()
@@ -130,18 +99,8 @@ def main(argv=None):
             row = agreement(u, cfg, maker, range(1000, 1000 + k), n)
             agree_rows.append({"inputs": kind, "N": n, **row})
 
-    # boards the unit cannot fit (board_config raises) are reported with the reason, not built
-    boards, unfit = [], []
-    for board in args.boards:
-        try:
-            u.board_config(board)
-            boards.append(board)
-        except ValueError as exc:
-            unfit.append({"board": board, "reason": str(exc)})
-    if args.saved_builds:
-        builds = saved_builds(u, boards)
-    else:
-        builds = [] if args.no_build else common.board_builds("heatvit", boards, FMAX_TARGET_MHZ)
+    builds = [] if args.no_build else common.board_builds("heatvit", args.boards, FMAX_TARGET_MHZ,
+                                                          saved=args.saved_builds)
 
     phase_cols = ["load_cycles", "layernorm_cycles", "nonlinear_cycles", "package_cycles",
                   "compaction_cycles", "control_cycles"]
@@ -161,16 +120,9 @@ def main(argv=None):
           "weights, one weight seed per image):\n",
           common.markdown_table(agree_rows, ["inputs", "N", "images", "decisions", "agreement",
                                              "mean_keep_rate"])]
-    if builds:
-        md += ["\nBoard builds (each board's default config; nextpnr asked for the target):\n",
-               common.markdown_table(builds, ["board", "config", "luts", "ffs", "dsps", "brams",
-                                              "fmax_mhz", "target_mhz", "meets_target"]
-                                       + (["built_utc"] if args.saved_builds else []))]
-    for row in unfit:
-        md.append(f"\n{row['board']}: not built. {row['reason']}")
+    md += common.builds_markdown(builds)
     common.write("heatvit", {"config": str(cfg), "simulator": args.sim, "runs": runs,
-                             "macs_per_token": m, "agreement": agree_rows, "builds": builds,
-                             "unfit_boards": unfit},
+                             "macs_per_token": m, "agreement": agree_rows, "builds": builds},
                  "\n".join(md))
     print("\n".join(md))
 

@@ -11,8 +11,8 @@
 * Accuracy (golden models): integer model vs float Taylor on the dequantised inputs, and float
   Taylor vs float softmax, in output LSBs, on the data of ``random_inputs`` (sigma 16) and on
   q/k twice as wide (scores of about +-2, where the first-order expansion is poor).
-* Board: ``boards.build.build`` of each board's config (LUT, DSP, BRAM, Fmax; nextpnr asked for
-  75 MHz on the ULX3S, the issue's target, and 30 MHz on the iCEBreaker).
+* Board: :func:`common.board_builds` of each board's default config (LUT, DSP, BRAM, Fmax;
+  nextpnr asked for 75 MHz on the ULX3S, the issue's target, and 30 MHz on the iCEBreaker).
 """
 from __future__ import annotations
 
@@ -71,36 +71,8 @@ def accuracy(cfg, sigma_qk=16, seeds=(1, 2, 3), h=3):
     }
 
 
-def board_build(u, board, reuse=False):
-    """LUT/FF/DSP/BRAM/Fmax of the board's config; ``reuse`` takes an existing build's result."""
-    import json
-
-    from vitaccel.boards import build as bb
-    cfg = u.board_config(board)
-    target = FMAX_TARGET_MHZ.get(board)
-    build_dir = Path("build/boards/vitality")
-    result = build_dir / board / "build_result.json"
-    if reuse and result.is_file():
-        common.progress(f"reusing {result}")
-        rep = json.loads(result.read_text())
-    else:
-        common.progress(f"building vitality for {board} (nextpnr target {target} MHz)")
-        rep = bb.build(u.component(cfg), board, freq_mhz=target, build_dir=build_dir,
-                       progress=common.progress)
-    return {
-        "board": board, "config": str(cfg), "luts": rep.get("luts"), "ffs": rep.get("ffs"),
-        "dsps": rep.get("dsps"), "brams": rep.get("brams"), "fmax_mhz": rep.get("fmax_mhz"),
-        "target_mhz": rep.get("target_mhz") or target,
-        "meets_target": bool(rep.get("fmax_mhz")
-                             and rep["fmax_mhz"] >= (rep.get("target_mhz") or target)),
-        "utilisation": rep.get("utilisation"), "build_seconds": rep.get("seconds"),
-    }
-
-
 def main(argv=None):
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--reuse-build", action="store_true",
-                   help="use build/boards/vitality/<board>/build_result.json if it exists")
     p.set_defaults(boards=["ulx3s"])
     args = p.parse_args(argv)
     u = units.get("vitality")
@@ -129,13 +101,8 @@ def main(argv=None):
         })
     common.progress("accuracy of the golden models")
     acc = [accuracy(u.Config(), sigma) for sigma in (16, 32)]
-    builds = []
-    for board in ([] if args.no_build else args.boards):
-        try:
-            builds.append(board_build(u, board, args.reuse_build))
-        except ValueError as e:           # a board the unit cannot fit: say why, go on
-            common.progress(f"skipping {board}: {e}")
-            builds.append({"board": board, "fits": False, "reason": str(e)})
+    builds = [] if args.no_build else common.board_builds("vitality", args.boards, FMAX_TARGET_MHZ,
+                                                          saved=args.saved_builds)
     md = [f"ViTALiTy unit, simulator {args.sim}, no stalls, one head per run (d = 64). "
           "Ideal = (2 n d^2 + n d) / MACs; utilisation = SA-General MACs / (MACs x cycles); "
           "softmax = the same MAC budget computing 2 n^2 d MACs (MAC bound) plus n^2 "
@@ -150,10 +117,7 @@ def main(argv=None):
           common.markdown_table(acc, ["sigma_qk", "outputs", "int_vs_taylor_within_1lsb",
                                       "int_vs_taylor_max_lsb", "int_vs_taylor_mean_lsb",
                                       "taylor_vs_softmax_rms_lsb", "taylor_vs_softmax_max_lsb"])]
-    if builds:
-        md += ["\nBoard builds (each board's config; nextpnr asked for the target):\n",
-               common.markdown_table(builds, ["board", "luts", "ffs", "dsps", "brams", "fmax_mhz",
-                                              "target_mhz", "meets_target"])]
+    md += common.builds_markdown(builds)
     common.write("vitality", {"simulator": args.sim, "runs": rows, "accuracy": acc,
                               "builds": builds}, "\n".join(md))
     print("\n".join(md))

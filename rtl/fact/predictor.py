@@ -329,10 +329,12 @@ class FACTPredictor(wiring.Component):
         m.d.comb += imp_rd.en.eq(0)
 
         sel = self.select.payload
-        # A mux over the entries (indexing the ArrayLayout view by a Value would emit a $mul for
-        # the bit offset, and a $mul is what this unit promises never to contain).
-        ranked_key = Array(topk.index[e] for e in range(self.k_max))[rank]
-        m.d.comb += [sel.key.eq(ranked_key), sel.onehot.eq(onehot),
+        # The row's top-k keys, copied from the sorter once per row and shifted down one entry per
+        # select beat, so the beat's key is always entry 0 of a register: no k_max-way mux on
+        # rank between a flip-flop and the keep decoder / importance RAM address (that mux was
+        # the ULX3S critical path), and no view indexed by a Value (which would emit a $mul).
+        ranked = Array(Signal(topk.in_index.shape(), name=f"ranked_{e}") for e in range(self.k_max))
+        m.d.comb += [sel.key.eq(ranked[0]), sel.onehot.eq(onehot),
                      sel.last.eq(rank == k_last)]
         imp = self.importance.payload
         m.d.comb += [imp.count.eq(imp_count), imp.high.eq(imp_high),
@@ -415,6 +417,7 @@ class FACTPredictor(wiring.Component):
             with m.State("DECIDE"):
                 # The gap and its comparison are two ~50-bit carry chains: one cycle each.
                 m.d.sync += [gap.eq(topk.score[0] - topk.score[1]), second_valid.eq(topk.valid[1])]
+                m.d.sync += [ranked[e].eq(topk.index[e]) for e in range(self.k_max)]
                 m.next = "DECIDE_COMPARE"
 
             with m.State("DECIDE_COMPARE"):
@@ -425,6 +428,7 @@ class FACTPredictor(wiring.Component):
                 m.d.comb += self.select.valid.eq(1)
                 with m.If(self.select.ready):
                     m.d.sync += rank.eq(rank + 1)
+                    m.d.sync += [ranked[e].eq(ranked[e + 1]) for e in range(self.k_max - 1)]
                     with m.If(~onehot | (rank == 0)):      # a one-hot row counts its argmax only
                         m.d.sync += [keep.bit_select(sel.key, 1).eq(1),
                                      upd_valid.eq(1), upd_addr.eq(sel.key)]
