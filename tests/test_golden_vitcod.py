@@ -33,7 +33,8 @@ def test_toy_case_by_hand():
     # row order: row 0 holds entries of every sparse column, in column order
     assert list(cm.row_ptr[:3]) == [0, 6, 8]
     assert list(cm.entry_col[cm.row_order[:6]]) == [1, 2, 3, 4, 6, 7]
-    assert cm.split(8) == (3, 5)     # floor(8 * 16 / 33) = 3
+    assert gv.spec_line_split(cm.g, cm.n, cm.nnz, 8) == (3, 5)     # floor(8 * 16 / 33) = 3
+    assert cm.split(8) == (2, 6)     # but only G = 2 keys: a third dense line would idle
 
 
 @needs_data
@@ -94,6 +95,35 @@ def test_compiler_never_edits_user_mask_g0_and_empty_rows():
                                               (0, 0, 4, (4, 0)), (10, 1970, 8, (4, 4))])
 def test_line_split_with_clamp(g, nnz, lines, want):
     assert gv.line_split(g, 197, nnz, lines) == want
+    assert gv.spec_line_split(g, 197, nnz, lines) == want       # the deviation does not apply
+
+
+@pytest.mark.parametrize("g,nnz,spec,want", [
+    (1, 392, (2, 6), (1, 7)),      # lines_d <= G: one key, a second dense line would idle
+    (3, 289, (5, 3), (3, 5)),
+    (7, 334, (6, 2), (4, 4)),      # ceil(7/4) = ceil(7/6) = 2 key groups; sparse gets 2 lines
+    (15, 974, (6, 2), (5, 3)),     # 3 key groups either way
+    (6, 1093, (4, 4), (3, 5)),     # 2 groups either way, 219 sparse groups instead of 274
+    (10, 3056, (3, 5), (3, 5)),    # 2 dense lines would be slower (5 groups): formula kept
+])
+def test_line_split_caps_dense_lines_at_g_and_minimises_groups(g, nnz, spec, want):
+    assert gv.spec_line_split(g, 197, nnz, 8) == spec
+    assert gv.line_split(g, 197, nnz, 8) == want
+
+
+def test_line_split_rule_on_a_sweep():
+    """The deliberate deviation from the spec's formula, everywhere both engines have work:
+    1 <= lines_d <= min(spec, G), and no lines_d in that range needs fewer SDDMM groups."""
+    n = 197
+    for lines in (2, 3, 4, 8):
+        for g in range(1, 40):
+            for nnz in (1, 7, 100, 392, 1000, 4086):
+                ld, ls = gv.line_split(g, n, nnz, lines)
+                spec, _ = gv.spec_line_split(g, n, nnz, lines)
+                assert ld + ls == lines and 1 <= ld <= min(spec, g)
+                cost = lambda x: max(-(-g // x) * n, -(-nnz // (lines - x)))
+                assert cost(ld) == min(cost(x) for x in range(1, min(spec, g) + 1))
+                assert cost(ld) <= cost(spec)
 
 
 @pytest.mark.parametrize("col_ptr,row_idx,match", [

@@ -80,7 +80,31 @@ def test_empty_sparse_columns_and_empty_rows():
     inputs = {**qkv(rng, 1, 12, 6), "mask": ~keep}
     stats = check(SMALL, inputs, stalls=5, g=[1], nnz=[5])
     assert (u.golden(SMALL, **inputs)["out"][0, 5] == 0).all()
-    assert stats["heads"][0]["lines_s"] == 2       # floor(4 * 12 / 17) = 2 dense lines
+    # the spec's floor(4 * 12 / 17) = 2 dense lines, capped at G = 1 (line_split)
+    assert stats["heads"][0]["lines_s"] == 3
+
+
+@pytest.mark.parametrize("globals_", [1, 3])
+def test_cycle_counts_rows_back_to_back(globals_):
+    """The engines' busy counts and the SpMM phase, cycle for cycle, without stalls (cycle
+    counts are what this test pins; stalled runs are checked elsewhere): SpMM rows follow each
+    other with no setup cycle (only the first row has one), a row taking ``chunks *
+    max(ceil(G / lines_d), ceil(cnt_row / lines_s))`` cycles; enough normalisers that no row
+    waits for a slot, and rows of >= 7 cycles (chunks = 8), so that no row waits for its
+    accumulator bank (shorter rows do: see the core's docstring)."""
+    n, d = 14, 8
+    cfg = SMALL.__class__(**{**SMALL.__dict__, "macs_per_line": 1, "normalisers": 16,
+                             "theta_d": 6})
+    inputs = u.random_inputs(cfg, seed=20 + globals_, heads=1, n=n, d=d, globals_=globals_)
+    stats = check(cfg, inputs, stalls=False)
+    hd = stats["heads"][0]
+    cm = gv.compile_mask(inputs["mask"][0], cfg.theta_d)
+    ld, ls = cm.split(cfg.lines)
+    assert (hd["lines_d"], hd["lines_s"]) == (ld, ls) and cm.g >= 1 and ld <= cm.g
+    f, dg, cnt = d, -(-cm.g // ld), np.diff(cm.row_ptr)
+    assert hd["spmm_cycles"] == 1 + sum(f * max(dg, -(-int(c) // ls)) for c in cnt)
+    assert hd["dense_busy"] == 2 * dg * n * f
+    assert hd["sparse_busy"] == f * (-(-cm.nnz // ls) + sum(-(-int(c) // ls) for c in cnt))
 
 
 @pytest.mark.parametrize("n,lines,macs,d", [(7, 4, 3, 8), (13, 3, 2, 3), (5, 2, 1, 2),

@@ -38,7 +38,14 @@ Phases (one command):
    ``e = exp2(m - t)`` on every line (LUT + shift); the lines switch to SpMM mode and multiply
    ``e`` by the V row of their key; an adder tree per engine sums over its lines and both
    engines add into the row's accumulator, and the row sum ``l`` likewise. Two accumulator
-   banks (ping-pong by row) let a row start while the previous one drains.
+   banks (ping-pong by row) let a row start while the previous one drains, and the next row's
+   setup (its row count, its row maxima, its bank) is done in the last issue cycle of the
+   current row, so rows follow back to back: a row costs ``chunks * max(ceil(G / lines_d),
+   ceil(cnt_row / lines_s))`` cycles. A row waits (in a setup cycle) only when its bank is
+   still in use by the row two back: that row's last op needs 7 cycles from issue to the
+   hand-off, so rows shorter than 7 cycles wait, and all rows wait when the normaliser slots
+   are full. The engines work in lock-step per row, and a sparse group holds entries of one
+   row only (see "Efficiency limits" below).
 4. NORMALISE (overlapped with the next rows): ``l = l_dense + l_sparse`` and ``acc_dense +
    acc_sparse`` merged once into one of ``normalisers`` slots (round-robin), each with its own
    :class:`~vitaccel.rtl.common.divider.Reciprocal` (iterative, ~37 cycles); the slots feed, in
@@ -54,6 +61,17 @@ the next command is accepted): ``ERR_CSC`` malformed CSC (``col_ptr[0]
 ``ERR_INDEX_RANGE`` an index out of range (row or column >= N, a bank/word outside the score
 buffer, row counts not summing to nnz). Content errors do not stop the core: every loop is
 bounded by the command's sizes, addresses are clamped, and the (meaningless) output is produced.
+
+Efficiency limits (measured in ``benchmarks/results/vitcod.md``): the Denser engine holds one
+global key per line, so the host never gives it more lines than G
+(:func:`vitaccel.golden.vitcod.line_split`); a partial last key group still idles lines. In
+SpMM a row's sparse entries occupy whole groups of ``lines_s`` lines for ``chunks`` cycles, so
+a row with fewer entries than lines leaves lines idle (DeiT-Tiny rows keep 2-20 sparse
+entries), and the engine in lock-step with the other waits for the longer of the two per row.
+Packing several short rows into one group needs per-row sums across the lines (a segmented
+adder tree, or one masked tree per row in the group) and one accumulator per row in the
+group, i.e. more accumulator banks than the two ping-pong banks; decoupling the engines per
+row needs separate dense and sparse accumulators merged at the hand-off.
 
 Choices an FPGA engineer would make and the spec leaves open: exact row max (a read pass over
 the stored scores, cheaper than recomputing SDDMM); the row-order permutation precomputed
@@ -435,6 +453,7 @@ class VitCoDCore(wiring.Component):
         o2_last = Signal()                  # last op of the row step
         m_issue = Signal(signed(T_BITS))    # row max used by exp: max of both engines' maxima
         r_bank = Signal()                   # accumulator bank of the row (ping-pong)
+        row_advance = Signal()              # last op of a row: the next row is set up
 
         # index-port addresses for the issue cycle
         for ln in range(L):
@@ -753,8 +772,12 @@ class VitCoDCore(wiring.Component):
                          md_wr.data.eq(Mux(dmax_t > md_rd.data, dmax_t, md_rd.data)),
                          ms_wr.addr.eq(smax_row), ms_wr.en.eq(smax_v),
                          ms_wr.data.eq(Mux(smax_t > ms_rd.data, smax_t, ms_rd.data))]
-        m.d.comb += [md_rd.addr.eq(Mux(phase2, r_row, tags_out[0].row)),
-                     ms_rd.addr.eq(Mux(phase2, r_row, wsel.row)),
+        # phase 2: the row being issued, or the next one in its last cycle (row_advance), so
+        # that a row can follow the previous one without a setup cycle
+        r_row_rd = Signal.like(r_row)
+        m.d.comb += r_row_rd.eq(Mux(row_advance, r_row + 1, r_row))
+        m.d.comb += [md_rd.addr.eq(Mux(phase2, r_row_rd, tags_out[0].row)),
+                     ms_rd.addr.eq(Mux(phase2, r_row_rd, wsel.row)),
                      m_issue.eq(Mux(md_rd.data > ms_rd.data, md_rd.data, ms_rd.data))]
 
         # --- stage 5, phase 2: accumulate the output rows of both engines ---
@@ -1010,10 +1033,20 @@ class VitCoDCore(wiring.Component):
                             m.d.sync += r_pbank.eq(r_pbank + r_pstep)
                     with m.Else():
                         m.d.sync += r_schunk.eq(r_schunk + 1)
+                # The next row's setup overlaps the last op of this one (no ROW cycle) when its
+                # accumulator bank is free: the row count is read one row ahead, the row-order
+                # position lands exactly on r_pend (the last group steps by what is left), and
+                # the row maxima are addressed one row ahead (see row_advance).
+                m.d.comb += cnt_rd.addr.eq(r_row + 1)
                 with m.If(d_fin & s_fin):
+                    m.d.comb += row_advance.eq(1)
                     m.d.sync += [r_row.eq(r_row + 1), r_bank.eq(~r_bank)]
                     with m.If(r_row == n - 1):
                         m.next = "FINISH"
+                    with m.Elif(~bank_busy.bit_select(~r_bank, 1)):
+                        m.d.sync += [r_pend.eq(r_pend + cnt_rd.data), r_dword.eq(r_row + 1),
+                                     r_gbase.eq(0), r_dgroup.eq(0), r_dchunk.eq(0),
+                                     r_schunk.eq(0), bank_busy.bit_select(~r_bank, 1).eq(1)]
                     with m.Else():
                         m.next = "ROW"
 

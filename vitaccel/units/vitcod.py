@@ -6,12 +6,14 @@ compiles it per head with ``Config.theta_d``), optional ``ae`` (Q/K auto-encoder
 ``out_scale``).
 
 The host side of the unit (this module) is the offline part of ViTCoD: it compiles every head's
-mask (:func:`vitaccel.golden.vitcod.compile_mask`), chooses the line split, and encodes the
-index and data streams of :class:`vitaccel.rtl.vitcod.VitCoDCore`; the hardware runs one head
-per command. ``simulate`` runs one job per head (per-head cycle counts) on the same component.
-With ``ae``, Q and K first pass through the auto-encoder engine
-(:class:`vitaccel.rtl.vitcod.autoencoder.AutoEncoder`, its own RTL simulation) and its outputs
-feed the attention core: the two engines are composed by this driver, not inside one top.
+mask (:func:`vitaccel.golden.vitcod.compile_mask`), chooses the line split
+(:func:`vitaccel.golden.vitcod.line_split`: the spec's formula as an upper bound, never more
+dense lines than global keys), and encodes the index and data streams of
+:class:`vitaccel.rtl.vitcod.VitCoDCore`; the hardware runs one head per command. ``simulate``
+runs one job per head (per-head cycle counts) on the same component. With ``ae``, Q and K first
+pass through the auto-encoder engine (:class:`vitaccel.rtl.vitcod.autoencoder.AutoEncoder`, its
+own RTL simulation) and its outputs feed the attention core: the two engines are composed by
+this driver, not inside one top.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def _check_scale(cfg, name):
 class Config:
     """ViTCoD engine sizes and quantisation. Defaults: DeiT-Tiny (N = 197, d = 64, 3 heads,
     theta_d = 50) on 8 lines x 8 MACs; ``g_max``/``nnz_max``/``dense_groups_max`` cover every
-    head of the authors' 95 %-sparse mask (G <= 70, nnz <= 4,086, ceil(G / lines_d) <= 10)."""
+    head of the authors' 95 %-sparse mask (G <= 70, nnz <= 4,086, ceil(G / lines_d) <= 12)."""
     lines: int = 8
     macs_per_line: int = 8
     n_max: int = 197
