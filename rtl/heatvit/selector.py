@@ -42,6 +42,25 @@ MACs. Outside the array: tokens load one byte per beat; the LayerNorm pipelines 
 ``3 LN_R + 10`` = 76 cycles per token and head, set by its reciprocal and root) but does not
 overlap the GEMMs; the decision, package and compaction are sequential per token, the package one
 byte of a dropped token per cycle. The per-phase cycle counters (:data:`PHASES`) measure each.
+
+Timing (ECP5 target 75 MHz): no register-to-register path holds more than about one multiplier
+or one wide carry chain plus a few LUT levels. What that takes, beyond the obvious:
+* memory addresses are counters, not products: the decision reads dz / hw at a running address
+  (``dec_a``, token-major order), the write-back keeps ``L_b_base + pog``, ``L_out_base + ptg *
+  stride``, ``L_out - pog * C`` and the head-mean address as registers, and the token load counts
+  rows and columns instead of comparing with ``(n + 1) * D``;
+* the decision is a pipeline (registered dz / hw read -> registers -> sigmoid -> the two
+  head-weight products -> the sums), about 4 cycles more per token than the old single-cycle
+  loop; the keep-score divider and the package reciprocal get registered operands;
+* a result value (lane select + bias + z0 - z1) goes through one register (``s_*``) before the
+  GELU pair / the int16 requantiser / the bias write-back, and the dz / hw write (head sigmoid,
+  ``t * h + i``) through another;
+* the package accumulation registers the token byte and the product before the
+  read-add-write of its distributed-RAM sum; the global mean registers the product and the
+  rounding; the LayerNorm is fed from a register, not straight from the token block RAM;
+* rows are visited in order in the package and output passes, so the keep bits are read from a
+  shift register (bit 0 = current row) instead of an ``n_max``-to-1 multiplexer.
+These cost about ``4 n + 2 h + (a cycle or two per layer)`` cycles per image (well under 1 %).
 """
 from __future__ import annotations
 
@@ -245,17 +264,20 @@ class Selector(wiring.Component):
                                             depth=P.biases_depth, init=[])
         b_wr, b_rd = b_mem.write_port(), b_mem.read_port(domain="comb")
         m.submodules.dz_mem = dz_mem = Memory(shape=signed(16), depth=n_max * h, init=[])
-        dz_wr, dz_rd = dz_mem.write_port(), dz_mem.read_port(domain="comb")
+        dz_wr, dz_rd = dz_mem.write_port(), dz_mem.read_port()      # registered read
         m.submodules.hw_mem = hw_mem = Memory(shape=unsigned(9), depth=n_max * h, init=[])
-        hw_wr, hw_rd = hw_mem.write_port(), hw_mem.read_port(domain="comb")
+        hw_wr, hw_rd = hw_mem.write_port(), hw_mem.read_port()      # registered read
         m.submodules.pi_mem = pi_mem = Memory(shape=unsigned(10), depth=n_max, init=[])
         pi_wr, pi_rd = pi_mem.write_port(), pi_mem.read_port(domain="comb")
         m.submodules.acc_mem = acc_mem = Memory(shape=signed(32), depth=D, init=[])
         acc_wr, acc_rd = acc_mem.write_port(), acc_mem.read_port(domain="comb")
         # global-half sums, banked by index parity for the same reason as the scratchpad
+        # A sum of at most n_max int8 GELU outputs: |sum| <= 128 n_max < 2**(gsum_w - 1), so
+        # gsum_w bits hold it exactly (16 for n_max = 196), and gsum * rn is one 18 x 18 multiply
+        gsum_w = 8 + n_max.bit_length()
         gsum_wr, gsum_rd = [], []
         for k in range(2):
-            mem = Memory(shape=signed(32), depth=_cdiv(d // 2, 2), init=[])
+            mem = Memory(shape=signed(gsum_w), depth=_cdiv(d // 2, 2), init=[])
             m.submodules[f"gsum_mem{k}"] = mem
             gsum_wr.append(mem.write_port())
             gsum_rd.append(mem.read_port(domain="comb"))
@@ -395,8 +417,16 @@ class Selector(wiring.Component):
             with m.Else():
                 m.d.sync += kk.eq(kk + 1)
 
-        # ---- post-processing of result beats, one value per cycle -------------------------------
-        # tracker mirrors the issue order: (ptg, pog, pr) of the beat held in `beat`
+        # ---- post-processing of result beats ----------------------------------------------------
+        # tracker mirrors the issue order: (ptg, pog, pr) of the beat held in `beat`. Two stages:
+        #   V  `beat` (+ the bias words, read from b_mem at the registered word address b_addr):
+        #      pick the lane(s), add the bias, form z0 - z1, and compute the side data;
+        #   S  those values in registers (s_*), handed to the GELU pair / the int16 requantiser /
+        #      the bias write-back.
+        # The S register exists for timing: without it the bias read, the lane multiplexer, the
+        # 33-bit bias add, the z0 - z1 subtraction and the requantiser's input selection were one
+        # cycle. S moves whenever it is empty or its value is taken (s_adv), so V's lanes are
+        # consumed at one per cycle (two in gelu mode) exactly as before, one cycle later.
         beat = Signal(data.ArrayLayout(signed(32), C))
         beat_full = Signal()
         ptg = Signal(range(G + 1))
@@ -404,12 +434,20 @@ class Selector(wiring.Component):
         pr = Signal(range(R))
         lane = Signal(range(C))
         outputs_left = Signal(range(n_max * max(d, h) + 2))   # values still to be written back
-        m.d.comb += b_rd.addr.eq(L_b_base + pog)
+        # word addresses kept as counters beside (ptg, pog), so no adder or multiplier of the
+        # tracker sits in front of the bias memory or the write-back address
+        b_addr = Signal(range(P.biases_depth + 1))            # L_b_base + pog
+        row_base = Signal(range(P.act_depth + max(d, h) + 1))  # L_out_base + ptg * L_out_stride
+        m.d.comb += b_rd.addr.eq(b_addr)
         t_cur = Signal(range(n_max + R + 1))
         o_cur = Signal(range(max(d, h) + C + 1))
         m.d.comb += [t_cur.eq(ptg * R + pr), o_cur.eq(pog * C + lane)]
+        # outputs of the layer from this beat's first lane on (L_out - pog * C), kept as a counter:
+        # the lanes used in the beat and the last-tile test are then one compare each, which
+        # keeps the result.ready handshake into the MAC array short
+        o_left = Signal(range(max(d, h) + 1))
         lane_count = Signal(range(C + 1))
-        m.d.comb += lane_count.eq(Mux(L_out - pog * C >= C, C, L_out - pog * C))
+        m.d.comb += lane_count.eq(Mux(o_left >= C, C, o_left))
         # value = accumulator + bias of lane `lane`; value1 = the next lane (GELU pairs)
         value = Signal(signed(33))
         value1 = Signal(signed(33))
@@ -428,19 +466,44 @@ class Selector(wiring.Component):
         has_second = Signal()
         m.d.comb += [pair.eq(L_mode == MODES["gelu"]),
                      has_second.eq(pair & (lane + 1 < lane_count))]
-        lane_done = Signal()      # the current lane(s) of `beat` were consumed this cycle
+        lane_done = Signal()      # the current lane(s) of `beat` moved into S this cycle
         last_lane = Signal()
         m.d.comb += last_lane.eq(Mux(L_mode == MODES["logit"], 1,
                                      Mux(pair, lane + 2 >= lane_count, lane == lane_count - 1)))
+
+        # the S register; its consumers (below) set s_taken when they accept its value
+        s_v = Signal()
+        s_val0 = Signal(signed(34))      # value (gelu / bias / head) or z0 - z1 (logit)
+        s_val1 = Signal(signed(33))      # value1 (gelu: the second channel)
+        s_side = Signal(data.StructLayout({"addr": range(P.act_depth + 1), "lane": range(R),
+                                           "o": range(max(d, h) + C + 1), "second": 1}))
+        s_t = Signal(range(n_max + R + 1))
+        s_blane = Signal(range(C))       # bias mode: the lane, last lane and word of the value
+        s_blast = Signal()
+        s_bword = Signal(range(max(P.act_depth, P.biases_depth) + max(d, h) + 1))
+        s_taken = Signal()
+        s_adv = Signal()
+        m.d.comb += [s_adv.eq(~s_v | s_taken), lane_done.eq(beat_full & s_adv)]
+        with m.If(s_adv):
+            m.d.sync += [s_v.eq(beat_full),
+                         s_val0.eq(Mux(L_mode == MODES["logit"], z_diff, value)),
+                         s_val1.eq(value1),
+                         s_side.addr.eq(row_base + o_cur), s_side.lane.eq(pr),
+                         s_side.o.eq(o_cur), s_side.second.eq(has_second),
+                         s_t.eq(t_cur), s_blane.eq(lane), s_blast.eq(last_lane),
+                         s_bword.eq(L_out_base + pog)]
+
         with m.If(lane_done):
             with m.If(last_lane):
                 m.d.sync += beat_full.eq(0)
                 with m.If((pr == R - 1) | (t_cur + 1 >= L_rows)):
                     m.d.sync += pr.eq(0)
-                    with m.If((pog + 1) * C >= L_out):
-                        m.d.sync += [pog.eq(0), ptg.eq(ptg + 1)]
+                    with m.If(o_left <= C):
+                        m.d.sync += [pog.eq(0), ptg.eq(ptg + 1), b_addr.eq(L_b_base),
+                                     row_base.eq(row_base + L_out_stride), o_left.eq(L_out)]
                     with m.Else():
-                        m.d.sync += pog.eq(pog + 1)
+                        m.d.sync += [pog.eq(pog + 1), b_addr.eq(b_addr + 1),
+                                     o_left.eq(o_left - C)]
                 with m.Else():
                     m.d.sync += pr.eq(pr + 1)
             with m.Else():
@@ -455,23 +518,19 @@ class Selector(wiring.Component):
         in_l1 = Signal()
         write_count = Signal(2)   # values written back this cycle
         with m.If(gemm_start):
-            m.d.sync += [ptg.eq(0), pog.eq(0), pr.eq(0)]
+            m.d.sync += [ptg.eq(0), pog.eq(0), pr.eq(0), b_addr.eq(L_b_base),
+                         row_base.eq(L_out_base), o_left.eq(L_out)]
 
-        # mode gelu: values -> GELU pair with (addr, lane, o, second) on the side FIFO
-        act_addr_cur = Signal(range(P.act_depth + 1))
-        m.d.comb += act_addr_cur.eq(L_out_base + ptg * L_out_stride + o_cur)
-        side = Signal(data.StructLayout({"addr": range(P.act_depth + 1), "lane": range(R),
-                                         "o": range(max(d, h) + C + 1), "second": 1}))
+        # mode gelu: S -> GELU pair with (addr, lane, o, second) on the side FIFO
         # deep enough for every beat in flight in a GELU (the GELUs never see back-pressure)
-        m.submodules.gfifo = gfifo = SyncFIFOBuffered(width=side.shape().size, depth=32)
-        m.d.comb += [side.addr.eq(act_addr_cur), side.lane.eq(pr), side.o.eq(o_cur),
-                     side.second.eq(has_second), gfifo.w_data.eq(side)]
-        with m.If(beat_full & pair):
-            m.d.comb += [gelu0.i.valid.eq(gfifo.w_rdy), gelu0.i.payload.eq(value),
-                         gelu1.i.valid.eq(gfifo.w_rdy), gelu1.i.payload.eq(value1)]
+        m.submodules.gfifo = gfifo = SyncFIFOBuffered(width=s_side.shape().size, depth=32)
+        m.d.comb += gfifo.w_data.eq(s_side)
+        with m.If(s_v & pair):
+            m.d.comb += [gelu0.i.valid.eq(gfifo.w_rdy), gelu0.i.payload.eq(s_val0),
+                         gelu1.i.valid.eq(gfifo.w_rdy), gelu1.i.payload.eq(s_val1)]
             with m.If(gelu0.i.ready & gfifo.w_rdy):
-                m.d.comb += [gfifo.w_en.eq(1), lane_done.eq(1)]
-        g_side = Signal.like(side)
+                m.d.comb += [gfifo.w_en.eq(1), s_taken.eq(1)]
+        g_side = Signal.like(s_side)
         m.d.comb += [g_side.eq(gfifo.r_data), gelu0.o.ready.eq(1), gelu1.o.ready.eq(1)]
         # global-half sums: channel o -> index o - d/2, bank = index parity (a pair's two
         # indices differ by one, so they never share a bank)
@@ -498,15 +557,15 @@ class Selector(wiring.Component):
 
         # mode bias: write value (acc + b2) into the bias2 word lane
         bias_acc = Signal(data.ArrayLayout(signed(32), C))
-        with m.If(beat_full & (L_mode == MODES["bias"])):
-            m.d.comb += [lane_done.eq(1), write_count.eq(1)]
+        with m.If(s_v & (L_mode == MODES["bias"])):
+            m.d.comb += [s_taken.eq(1), write_count.eq(1)]
             for c in range(C):
-                with m.If(lane == c):
-                    m.d.sync += bias_acc[c].eq(value)
-            with m.If(last_lane):
-                m.d.comb += [b_wr.addr.eq(L_out_base + pog), b_wr.en.eq(1)]
+                with m.If(s_blane == c):
+                    m.d.sync += bias_acc[c].eq(s_val0)
+            with m.If(s_blast):
+                m.d.comb += [b_wr.addr.eq(s_bword), b_wr.en.eq(1)]
                 for c in range(C):
-                    m.d.comb += b_wr.data[c].eq(Mux(lane == c, value, bias_acc[c]))
+                    m.d.comb += b_wr.data[c].eq(Mux(s_blane == c, s_val0, bias_acc[c]))
 
         # modes logit / head: one value per cycle through the int16 requantiser; (t, o) of the
         # values in flight wait in a small FIFO (the requantiser never stalls: o.ready = 1)
@@ -515,22 +574,31 @@ class Selector(wiring.Component):
         m.submodules.rqfifo = rqfifo = SyncFIFOBuffered(width=rq_side.shape().size,
                                                         depth=Requantizer.LATENCY + 4)
         rq_out_side = Signal.like(rq_side)
-        m.d.comb += [rq_side.t.eq(t_cur), rq_side.o.eq(o_cur), rqfifo.w_data.eq(rq_side),
+        m.d.comb += [rq_side.t.eq(s_t), rq_side.o.eq(s_side.o), rqfifo.w_data.eq(rq_side),
                      rq_out_side.eq(rqfifo.r_data), rq16.o.ready.eq(1)]
-        with m.If(beat_full & ((L_mode == MODES["logit"]) | (L_mode == MODES["head"]))):
-            m.d.comb += [rq16.i.valid.eq(rqfifo.w_rdy),
-                         rq16.i.payload[0].eq(Mux(L_mode == MODES["logit"], z_diff, value))]
+        with m.If(s_v & ((L_mode == MODES["logit"]) | (L_mode == MODES["head"]))):
+            m.d.comb += [rq16.i.valid.eq(rqfifo.w_rdy), rq16.i.payload[0].eq(s_val0)]
             with m.If(rq16.i.ready & rqfifo.w_rdy):
-                m.d.comb += [lane_done.eq(1), rqfifo.w_en.eq(1)]
+                m.d.comb += [s_taken.eq(1), rqfifo.w_en.eq(1)]
+        # one register stage after the requantiser: the head sigmoid and the t * h + i address
+        # arithmetic get a cycle of their own before the dz / hw memory write
+        w_v, w_logit = Signal(), Signal()
+        w_addr = Signal(range(n_max * h + R * h + C + 1))
+        w_dz = Signal(signed(16))
+        w_hw = Signal(unsigned(9))
         hw_value = plan_sigmoid(m, rq16.o.payload[0], self.sigmoid, "head_sig")
+        m.d.sync += [w_v.eq(rq16.o.valid), w_logit.eq(L_mode == MODES["logit"]),
+                     w_addr.eq(rq_out_side.t * h + Mux(L_mode == MODES["logit"], head,
+                                                       rq_out_side.o)),
+                     w_dz.eq(rq16.o.payload[0]), w_hw.eq(hw_value)]
         with m.If(rq16.o.valid):
-            m.d.comb += [write_count.eq(1), rqfifo.r_en.eq(1)]
-            with m.If(L_mode == MODES["logit"]):
-                m.d.comb += [dz_wr.addr.eq(rq_out_side.t * h + head),
-                             dz_wr.data.eq(rq16.o.payload[0]), dz_wr.en.eq(1)]
+            m.d.comb += rqfifo.r_en.eq(1)
+        with m.If(w_v):
+            m.d.comb += write_count.eq(1)
+            with m.If(w_logit):
+                m.d.comb += [dz_wr.addr.eq(w_addr), dz_wr.data.eq(w_dz), dz_wr.en.eq(1)]
             with m.Else():
-                m.d.comb += [hw_wr.addr.eq(rq_out_side.t * h + rq_out_side.o),
-                             hw_wr.data.eq(hw_value), hw_wr.en.eq(1)]
+                m.d.comb += [hw_wr.addr.eq(w_addr), hw_wr.data.eq(w_hw), hw_wr.en.eq(1)]
 
         with m.If(gemm_start):
             m.d.sync += outputs_left.eq(Mux(L_mode == MODES["logit"], L_rows, L_rows * L_out))
@@ -545,11 +613,15 @@ class Selector(wiring.Component):
         ln_j = Signal(range(d))
         ln_addr = Signal(range((n_max + 1) * D + 1))
         ln_rv = Signal()                    # tok_rd.data holds a beat for the LN
+        # ln_q / ln_qv: that beat once more in a register, so the block-RAM output does not run
+        # straight into the LayerNorm's square-and-accumulate; one enable (ln_adv) moves both
+        ln_q = Signal(signed(8))
+        ln_qv = Signal()
         ln_issue = Signal()
         tok_rd_addr_ln = Signal.like(ln_addr)
         ln_adv = Signal()
-        m.d.comb += [ln_adv.eq(~ln_rv | ln.i.ready), ln.i.valid.eq(ln_rv),
-                     ln.i.payload.eq(tok_rd.data), ln_issue.eq(ln_feed & (ln_t < n)),
+        m.d.comb += [ln_adv.eq(~ln_qv | ln.i.ready), ln.i.valid.eq(ln_qv),
+                     ln.i.payload.eq(ln_q), ln_issue.eq(ln_feed & (ln_t < n)),
                      tok_rd_addr_ln.eq(ln_addr)]
         # LN outputs: y in order (t, j); sums in order t
         ly_t = Signal(range(n_max + 1))
@@ -557,7 +629,7 @@ class Selector(wiring.Component):
         ls_t = Signal(range(n_max + 1))
         ly_tg = Signal(range(G + 1))
         ly_r = Signal(range(R))
-        ls_tg = Signal(range(G + 1))
+        ls_addr = Signal(range(P.act_depth + 1))   # E word of the next mean: E + (t // R) h + i
         ls_r = Signal(range(R))
         m.d.comb += [ln.o.ready.eq(1), ln.sums.ready.eq(1)]
         e_val = Signal(signed(8))
@@ -574,9 +646,43 @@ class Selector(wiring.Component):
         kept = Signal(range(n_max + 1))
         dropped = Signal(range(n_max + 1))
         den = Signal(unsigned(24))
-        m.d.comb += [dz_rd.addr.eq(dt * h + di), hw_rd.addr.eq(dt * h + di)]
-        p_cur = plan_sigmoid(m, dz_rd.data, self.sigmoid, "dec_sig")
+        pi_num = Signal(unsigned(24))       # the keep-score division, registered in DECIDE_RULE
+        pi_den = Signal(unsigned(16))
         keep_mem = Signal(n_max)           # one bit per candidate (flip-flops: n_max bits)
+        # keep_mem read in visiting order: a copy loaded at the start of the package and output
+        # passes and shifted right as their row index advances, so bit 0 is the current row
+        # (instead of an n_max-to-1 multiplexer indexed by the row counter)
+        keep_sh = Signal(n_max + 1)
+
+        # The decision pipeline. dz / hw of token t, head i sit at t * h + i, and the decision
+        # visits them in that order, so the read address is a counter (dec_a) rather than a
+        # multiply-add. Stages, one cycle each, all moving every cycle (nothing downstream stalls):
+        #   D1 registered dz / hw memory reads (address dec_a)
+        #   D2 dz, hw in registers
+        #   D3 p = sigmoid(dz)
+        #   D4 hw * dz, hw * p (multipliers with registered outputs)
+        #   and the four sums accumulate the D4 registers.
+        # A token issues its h reads in DECIDE, then waits for its last value to be summed.
+        dec_a = Signal(range(n_max * h + 1))
+        m.d.comb += [dz_rd.addr.eq(dec_a), hw_rd.addr.eq(dec_a)]
+        d1_v, d1_last = Signal(), Signal()
+        d2_v, d2_last = Signal(), Signal()
+        d3_v, d3_last = Signal(), Signal()
+        d4_v, d4_last = Signal(), Signal()
+        dz2, dz3 = Signal(signed(16)), Signal(signed(16))
+        hw2, hw3, hw4 = Signal(unsigned(9)), Signal(unsigned(9)), Signal(unsigned(9))
+        p3, p4 = Signal(unsigned(9)), Signal(unsigned(9))
+        wdz4 = Signal((hw3 * dz3).shape())
+        wp4 = Signal((hw3 * p3).shape())
+        p_sig = plan_sigmoid(m, dz2, self.sigmoid, "dec_sig")
+        m.d.sync += [d1_v.eq(0), d1_last.eq(0),         # overridden while DECIDE issues
+                     d2_v.eq(d1_v), d2_last.eq(d1_last), dz2.eq(dz_rd.data), hw2.eq(hw_rd.data),
+                     d3_v.eq(d2_v), d3_last.eq(d2_last), dz3.eq(dz2), hw3.eq(hw2), p3.eq(p_sig),
+                     d4_v.eq(d3_v), d4_last.eq(d3_last), wdz4.eq(hw3 * dz3), wp4.eq(hw3 * p3),
+                     hw4.eq(hw3), p4.eq(p3)]
+        with m.If(d4_v):
+            m.d.sync += [s_wdz.eq(s_wdz + wdz4), s_wp.eq(s_wp + wp4), s_w.eq(s_w + hw4),
+                         s_p.eq(s_p + p4)]
 
         # ---- package / output state -------------------------------------------------------------
         pt = Signal(range(n_max + 1))
@@ -584,6 +690,15 @@ class Selector(wiring.Component):
         prow = Signal(range((n_max + 1) * D + 1))
         p_rv, p_c_d, p_first = Signal(), Signal(range(D)), Signal()
         p_w = Signal(unsigned(10))
+        # the package accumulation after the token read: PK1 the byte in a register, PK2 the
+        # product w * x in a register, then acc[c] (+)= product (distributed-RAM read-add-write).
+        # The same column comes back only D cycles later, so the read never sees a stale value.
+        pk1_v, pk2_v = Signal(), Signal()
+        pk1_x = Signal(signed(8))
+        pk1_w = Signal(unsigned(10))
+        pk1_c, pk2_c = Signal(range(D)), Signal(range(D))
+        pk2_prod = Signal((pk1_w * pk1_x).shape())
+        pkg_den = Signal(unsigned(24))      # the reciprocal's input, registered during PKG
         pkg_r = Signal(PKG_FRAC + 2)
         out_rv = Signal()
         out_row = Signal(range(n_max + 2))
@@ -599,7 +714,35 @@ class Selector(wiring.Component):
         m.d.comb += tok_rd.addr.eq(Mux(phase_pkg, tok_rd_addr_pkg,
                                        Mux(phase_out, out_addr, tok_rd_addr_ln)))
 
+        # package accumulation pipeline (see pk1_v): runs on its own, the PKG state feeds it
+        m.d.sync += [pk1_v.eq(p_rv), pk1_x.eq(tok_rd.data), pk1_w.eq(p_w), pk1_c.eq(p_c_d),
+                     pk2_v.eq(pk1_v), pk2_prod.eq(pk1_w * pk1_x), pk2_c.eq(pk1_c)]
+        # the read address is the pipeline's column while it runs, else the output's (OUT_PKG);
+        # chosen by pk2_v, a register, rather than by the sequencer state
+        m.d.comb += acc_rd.addr.eq(Mux(pk2_v, pk2_c, out_c))
+        with m.If(pk2_v):
+            m.d.comb += [acc_wr.addr.eq(pk2_c), acc_wr.en.eq(1),
+                         acc_wr.data.eq(Mux(p_first, 0, acc_rd.data) + pk2_prod)]
+            with m.If(pk2_c == D - 1):
+                m.d.sync += p_first.eq(0)
+
+        # global mean pipeline: GM1 the product gsum * rn (distributed-RAM read, one 18 x 18
+        # multiply) in a register, GM2 the RHU rounding; saturation and the write follow GM2
+        gm1_v, gm2_v = Signal(), Signal()
+        gm1_i, gm2_i = Signal(range(d // 2)), Signal(range(d // 2))
+        gm_s = Signal(signed(gsum_w))
+        gm1_p = Signal((gm_s * rn).shape())
+        gm_round = (gm1_p + (1 << (RN_FRAC - 1))) >> RN_FRAC
+        gm2_r = Signal(gm_round.shape())
+        gq = Signal(signed(8))
+        m.d.comb += gq.eq(Mux(gm2_r > 127, 127, Mux(gm2_r < -128, -128, gm2_r)))
+        m.d.sync += [gm1_v.eq(0),                  # overridden while GMEAN issues
+                     gm2_v.eq(gm1_v), gm2_i.eq(gm1_i), gm2_r.eq(gm_round)]
+
         # ---- the sequencer ----------------------------------------------------------------------
+        tk_row = Signal(range(n_max + 2))     # token load: row and column of the next byte
+        tk_col = Signal(range(D))
+        tk_done = Signal()
         load_idx = Signal(range(max(P.weights_depth, P.biases_depth, (n_max + 1) * D) + 1))
         b_idx = Signal(range(P.biases_depth + 1))
         g_idx = Signal(range(d // 2 + 1))
@@ -613,7 +756,8 @@ class Selector(wiring.Component):
                     m.d.sync += [n.eq(self.cmd.payload.n), has_pkg.eq(self.cmd.payload.has_package),
                                  load_idx.eq(0), b_idx.eq(0), cycles.eq(0), mac_cycles.eq(0),
                                  gemm_cycles.eq(0), counting.eq(1), head.eq(0), kept.eq(0),
-                                 dropped.eq(0), den.eq(0), ln_addr.eq(0)]
+                                 dropped.eq(0), den.eq(0), ln_addr.eq(0), tk_row.eq(0),
+                                 tk_col.eq(0), tk_done.eq(0)]
                     m.next = "LOAD"
             with m.State("LOAD"):
                 # weights, biases and tokens arrive concurrently
@@ -627,12 +771,18 @@ class Selector(wiring.Component):
                              b_wr.data.eq(self.biases.payload), b_wr.en.eq(self.biases.valid & ~b_done)]
                 with m.If(self.biases.valid & ~b_done):
                     m.d.sync += b_idx.eq(b_idx + 1)
-                tk_done = ln_addr >= (n + 1) * D
+                # tokens: (n + 1) rows of D bytes, counted by row and column (no (n + 1) * D)
                 m.d.comb += [self.tokens.ready.eq(~tk_done), tok_wr.addr.eq(ln_addr),
                              tok_wr.data.eq(self.tokens.payload),
                              tok_wr.en.eq(self.tokens.valid & ~tk_done)]
                 with m.If(self.tokens.valid & ~tk_done):
                     m.d.sync += ln_addr.eq(ln_addr + 1)
+                    with m.If(tk_col == D - 1):
+                        m.d.sync += [tk_col.eq(0), tk_row.eq(tk_row + 1)]
+                        with m.If(tk_row == n):
+                            m.d.sync += tk_done.eq(1)
+                    with m.Else():
+                        m.d.sync += tk_col.eq(tk_col + 1)
                 with m.If(w_done & b_done & tk_done):
                     m.next = "RECIP_N"
             with m.State("RECIP_N"):
@@ -646,14 +796,15 @@ class Selector(wiring.Component):
                     m.next = "LN_START"
             with m.State("LN_START"):
                 m.d.sync += [ln_t.eq(0), ln_j.eq(0), ln_addr.eq(D + head * d), ln_rv.eq(0),
+                             ln_qv.eq(0),
                              ly_t.eq(0), ly_j.eq(0), ls_t.eq(0), ly_tg.eq(0), ly_r.eq(0),
-                             ls_tg.eq(0), ls_r.eq(0)]
+                             ls_addr.eq(P.act["E"] + head), ls_r.eq(0)]
                 m.next = "LN"
             with m.State("LN"):
                 m.d.comb += ln_feed.eq(1)
                 m.d.comb += tok_rd.en.eq(ln_adv)
                 with m.If(ln_adv):
-                    m.d.sync += ln_rv.eq(ln_issue)
+                    m.d.sync += [ln_rv.eq(ln_issue), ln_qv.eq(ln_rv), ln_q.eq(tok_rd.data)]
                     with m.If(ln_issue):
                         with m.If(ln_j == d - 1):
                             m.d.sync += [ln_j.eq(0), ln_t.eq(ln_t + 1), ln_addr.eq(ln_addr + D - d + 1)]
@@ -671,11 +822,11 @@ class Selector(wiring.Component):
                             m.d.sync += ly_r.eq(ly_r + 1)
                 with m.Elif(ln.sums.valid):
                     # the head mean for the importance branch (LN y has priority on the port)
-                    m.d.comb += [act_wa[0].eq(P.act["E"] + ls_tg * h + head),
+                    m.d.comb += [act_wa[0].eq(ls_addr),
                                  act_wd[0].eq(e_val), act_we[0].eq(1 << ls_r)]
                     m.d.sync += ls_t.eq(ls_t + 1)
                     with m.If(ls_r == R - 1):
-                        m.d.sync += [ls_r.eq(0), ls_tg.eq(ls_tg + 1)]
+                        m.d.sync += [ls_r.eq(0), ls_addr.eq(ls_addr + h)]
                     with m.Else():
                         m.d.sync += ls_r.eq(ls_r + 1)
                 m.d.comb += ln.sums.ready.eq(~ln.o.valid)
@@ -722,18 +873,18 @@ class Selector(wiring.Component):
                 m.next = "H_l1"
             layer_states("H", hl, "NEXT_HEAD")
             with m.State("GMEAN"):
-                # g = sat8(rhu(gsum * rn, RN_FRAC)) into the G region (row 0, lane 0)
-                gm = Signal(signed(32 + RN_FRAC + 3))
-                gq = Signal(signed(8))
+                # g = sat8(rhu(gsum * rn, RN_FRAC)) into the G region (row 0, lane 0), through
+                # the gmean pipeline (read, product, rounding) and saturated at the write
                 m.d.comb += [gsum_rd[0].addr.eq(g_idx >> 1), gsum_rd[1].addr.eq(g_idx >> 1),
-                             gm.eq(Mux(g_idx[0], gsum_rd[1].data, gsum_rd[0].data) * rn),
-                             act_wa[0].eq(P.act["G"] + g_idx), act_wd[0].eq(gq),
-                             act_we[0].eq(1)]
-                rounded = (gm + (1 << (RN_FRAC - 1))) >> RN_FRAC
-                m.d.comb += gq.eq(Mux(rounded > 127, 127, Mux(rounded < -128, -128, rounded)))
-                m.d.sync += g_idx.eq(g_idx + 1)
-                with m.If(g_idx == d // 2 - 1):
-                    m.next = names[1]
+                             gm_s.eq(Mux(g_idx[0], gsum_rd[1].data, gsum_rd[0].data))]
+                with m.If(g_idx < d // 2):
+                    m.d.sync += [gm1_v.eq(1), gm1_i.eq(g_idx), g_idx.eq(g_idx + 1),
+                                 gm1_p.eq(gm_s * rn)]
+                with m.If(gm2_v):
+                    m.d.comb += [act_wa[0].eq(P.act["G"] + gm2_i), act_wd[0].eq(gq),
+                                 act_we[0].eq(1)]
+                    with m.If(gm2_i == d // 2 - 1):
+                        m.next = names[1]
             with m.State("NEXT_HEAD"):
                 with m.If(head == h - 1):
                     m.next = "T_v1"
@@ -743,13 +894,15 @@ class Selector(wiring.Component):
             layer_states("T", lambda i: tail, "DECIDE_START")
 
             with m.State("DECIDE_START"):
-                m.d.sync += [dt.eq(0), di.eq(0), s_wdz.eq(0), s_wp.eq(0), s_w.eq(0), s_p.eq(0)]
+                m.d.sync += [dt.eq(0), di.eq(0), dec_a.eq(0), s_wdz.eq(0), s_wp.eq(0), s_w.eq(0),
+                             s_p.eq(0)]
                 m.next = "DECIDE"
             with m.State("DECIDE"):
-                m.d.sync += [s_wdz.eq(s_wdz + hw_rd.data * dz_rd.data),
-                             s_wp.eq(s_wp + hw_rd.data * p_cur), s_w.eq(s_w + hw_rd.data),
-                             s_p.eq(s_p + p_cur), di.eq(di + 1)]
-                with m.If(di == h - 1):
+                # issue the token's h reads, then wait for the last one to leave the pipeline
+                with m.If(di < h):
+                    m.d.sync += [d1_v.eq(1), d1_last.eq(di == h - 1), di.eq(di + 1),
+                                 dec_a.eq(dec_a + 1)]
+                with m.If(d4_v & d4_last):
                     m.next = "DECIDE_RULE"
             with m.State("DECIDE_RULE"):
                 if self.decision == "logit":
@@ -757,7 +910,8 @@ class Selector(wiring.Component):
                 else:
                     rule = Mux(s_w > 0, 2 * s_wp >= 256 * s_w, 2 * s_p >= 256 * h)
                 kb = rule & ~(has_pkg & (dt == n - 1))
-                m.d.sync += keep_bit.eq(kb)
+                m.d.sync += [keep_bit.eq(kb), pi_num.eq(Mux(s_w > 0, s_wp, s_p)),
+                             pi_den.eq(Mux(s_w > 0, s_w, h))]
                 m.next = "KEEP_OUT"
             with m.State("KEEP_OUT"):
                 m.d.comb += [self.keep.valid.eq(1), self.keep.payload.eq(keep_bit)]
@@ -770,9 +924,8 @@ class Selector(wiring.Component):
                         m.d.sync += dropped.eq(dropped + 1)
                         m.next = "PI"
             with m.State("PI"):
-                m.d.comb += [div.i.valid.eq(1),
-                             div.i.payload.numerator.eq(Mux(s_w > 0, s_wp, s_p)),
-                             div.i.payload.denominator.eq(Mux(s_w > 0, s_w, h))]
+                m.d.comb += [div.i.valid.eq(1), div.i.payload.numerator.eq(pi_num),
+                             div.i.payload.denominator.eq(pi_den)]
                 with m.If(div.i.ready):
                     m.next = "PI_WAIT"
             with m.State("PI_WAIT"):
@@ -785,7 +938,8 @@ class Selector(wiring.Component):
             with m.State("DECIDE_NEXT"):
                 m.d.sync += [di.eq(0), s_wdz.eq(0), s_wp.eq(0), s_w.eq(0), s_p.eq(0)]
                 with m.If(dt == n - 1):
-                    m.d.sync += [pt.eq(0), pc.eq(0), prow.eq(D), p_rv.eq(0), p_first.eq(1)]
+                    m.d.sync += [pt.eq(0), pc.eq(0), prow.eq(D), p_rv.eq(0), p_first.eq(1),
+                                 keep_sh.eq(keep_mem)]
                     with m.If(dropped == 0):
                         m.next = "OUT_START"
                     with m.Else():
@@ -798,30 +952,26 @@ class Selector(wiring.Component):
             with m.State("PKG"):
                 m.d.comb += [phase_pkg.eq(1), pi_rd.addr.eq(pt),
                              tok_rd_addr_pkg.eq(prow + pc), tok_rd.en.eq(1)]
-                is_dropped = ~keep_mem.bit_select(pt, 1)
+                m.d.sync += pkg_den.eq(Mux(den == 0, dropped, den))
+                is_dropped = ~keep_sh[0]
                 with m.If(pt < n):
                     with m.If(~is_dropped):
-                        m.d.sync += [pt.eq(pt + 1), prow.eq(prow + D), p_rv.eq(0)]
+                        m.d.sync += [pt.eq(pt + 1), prow.eq(prow + D), p_rv.eq(0),
+                                     keep_sh.eq(keep_sh >> 1)]
                     with m.Else():
                         m.d.sync += [p_rv.eq(1), p_c_d.eq(pc),
                                      p_w.eq(Mux(den == 0, 1, pi_rd.data))]
                         with m.If(pc == D - 1):
-                            m.d.sync += [pc.eq(0), pt.eq(pt + 1), prow.eq(prow + D)]
+                            m.d.sync += [pc.eq(0), pt.eq(pt + 1), prow.eq(prow + D),
+                                         keep_sh.eq(keep_sh >> 1)]
                         with m.Else():
                             m.d.sync += pc.eq(pc + 1)
                 with m.Else():
                     m.d.sync += p_rv.eq(0)
-                    with m.If(~p_rv):
+                    with m.If(~p_rv & ~pk1_v & ~pk2_v):
                         m.next = "PKG_RECIP"
-                # one cycle later: the token byte is on tok_rd.data
-                m.d.comb += acc_rd.addr.eq(p_c_d)
-                with m.If(p_rv):
-                    m.d.comb += [acc_wr.addr.eq(p_c_d), acc_wr.en.eq(1),
-                                 acc_wr.data.eq(Mux(p_first, 0, acc_rd.data) + p_w * tok_rd.data)]
-                    with m.If(p_c_d == D - 1):
-                        m.d.sync += p_first.eq(0)
             with m.State("PKG_RECIP"):
-                m.d.comb += [recip.i.valid.eq(1), recip.i.payload.eq(Mux(den == 0, dropped, den))]
+                m.d.comb += [recip.i.valid.eq(1), recip.i.payload.eq(pkg_den)]
                 with m.If(recip.i.ready):
                     m.next = "PKG_RECIP_WAIT"
             with m.State("PKG_RECIP_WAIT"):
@@ -833,25 +983,26 @@ class Selector(wiring.Component):
             # output: CLS, the kept rows, then the package through the requantiser
             with m.State("OUT_START"):
                 m.d.sync += [out_row.eq(0), out_c.eq(0), out_addr.eq(0), out_rv.eq(0),
-                             pkg_sent.eq(0), pkg_recv.eq(0)]
+                             pkg_sent.eq(0), pkg_recv.eq(0),
+                             keep_sh.eq(Cat(Const(1, 1), keep_mem))]     # row 0 = CLS: kept
                 m.next = "OUT_ROWS"
             with m.State("OUT_ROWS"):
                 m.d.comb += phase_out.eq(1)
                 out_adv = ~out_rv | self.tokens_out.ready
-                row_kept = Signal()
-                m.d.comb += row_kept.eq((out_row == 0) | keep_mem.bit_select((out_row - 1)[:len(out_row)], 1))
+                row_kept = keep_sh[0]
                 m.d.comb += [self.tokens_out.valid.eq(out_rv),
                              self.tokens_out.payload.eq(tok_rd.data), tok_rd.en.eq(out_adv)]
                 with m.If(out_adv):
                     m.d.sync += out_rv.eq(0)
                     with m.If(out_row <= n):
                         with m.If(~row_kept):
-                            m.d.sync += [out_row.eq(out_row + 1), out_addr.eq(out_addr + D)]
+                            m.d.sync += [out_row.eq(out_row + 1), out_addr.eq(out_addr + D),
+                                         keep_sh.eq(keep_sh >> 1)]
                         with m.Else():
                             m.d.sync += out_rv.eq(1)
                             with m.If(out_c == D - 1):
                                 m.d.sync += [out_c.eq(0), out_row.eq(out_row + 1),
-                                             out_addr.eq(out_addr + 1)]
+                                             out_addr.eq(out_addr + 1), keep_sh.eq(keep_sh >> 1)]
                             with m.Else():
                                 m.d.sync += [out_c.eq(out_c + 1), out_addr.eq(out_addr + 1)]
                     with m.Elif(~out_rv):
@@ -863,7 +1014,7 @@ class Selector(wiring.Component):
                 with m.Else():
                     m.next = "OUT_PKG"
             with m.State("OUT_PKG"):
-                m.d.comb += [acc_rd.addr.eq(out_c), rq_pkg.i.payload[0].eq(acc_rd.data),
+                m.d.comb += [rq_pkg.i.payload[0].eq(acc_rd.data),
                              rq_pkg.i.valid.eq(pkg_sent < D)]
                 if self.normalize_package:
                     m.d.comb += [rq_pkg.multiplier.eq(pkg_r), rq_pkg.shift.eq(PKG_FRAC)]

@@ -20,12 +20,14 @@ gemm_cycles)), ``outside_mac_cycles`` and its breakdown ``phases`` (load, layern
 package, compaction, control) from the selector's per-phase counters. Measured at DeiT-T, N = 196
 (benchmarks/heatvit.py): about 180,000 cycles per image, 93.7 % MAC utilisation in the MLP phases.
 
-Boards: the DeiT-T default is the ULX3S config and fits the ECP5-85F (25,737 LUT, 10,968 FF,
-100 MULT18X18D, 43 DP16KD) but closes timing at only 23.5 MHz against the 75 MHz target: the
-critical path is the single-cycle decision step (dz/hw address multiply -> distributed-RAM read
--> PLAN sigmoid -> head-weight multiply -> accumulate), and similar unpipelined chains remain in
-the package accumulation and the global mean. The iCEBreaker cannot hold the selector's nonlinear
-units, so ``board_config("icebreaker")`` raises ValueError with the numbers.
+Boards: the DeiT-T default is the ULX3S config and fits the ECP5-85F. The last place-and-route
+(25,737 LUT, 10,968 FF, 100 MULT18X18D, 43 DP16KD) closed timing at only 23.5 MHz against the
+75 MHz target, on the then single-cycle decision step (dz/hw address multiply -> distributed-RAM
+read -> PLAN sigmoid -> head-weight multiply -> accumulate). That step, the package
+accumulation, the global mean and the result write-back have since been pipelined (see
+:mod:`vitaccel.rtl.heatvit.selector`, "Timing"); the board figures above predate it and need a
+rebuild. The iCEBreaker cannot hold the selector's nonlinear units, so
+``board_config("icebreaker")`` raises ValueError with the numbers.
 """
 from __future__ import annotations
 
