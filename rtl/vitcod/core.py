@@ -34,18 +34,29 @@ Phases (one command):
    Each engine also keeps its **row maxima** (a max tree over the dense lanes, then a
    read-modify-write of the dense row-max buffer; the sparse writer does the same for the
    sparse row-max buffer), so the softmax phase needs no extra pass over the scores.
-3. SOFTMAX + SpMM, **output-stationary**, row by row: ``m = max(m_dense, m_sparse)``;
+3. SOFTMAX + SpMM, **output-stationary**, row by row, the two engines **decoupled**: each
+   walks the rows at its own pace and adds into the accumulator bank of its own row (two
+   banks, row x uses bank x % 2), so an engine may be at most one row ahead of the oldest row
+   not yet handed to the normalisers. ``m = max(m_dense, m_sparse)`` of the op's row (the
+   Denser engine's row and the Sparser engine's rows A and B are read each cycle);
    ``e = exp2(m - t)`` on every line (LUT + shift); the lines switch to SpMM mode and multiply
-   ``e`` by the V row of their key; an adder tree per engine sums over its lines and both
-   engines add into the row's accumulator, and the row sum ``l`` likewise. Two accumulator
-   banks (ping-pong by row) let a row start while the previous one drains, and the next row's
-   setup (its row count, its row maxima, its bank) is done in the last issue cycle of the
-   current row, so rows follow back to back: a row costs ``chunks * max(ceil(G / lines_d),
-   ceil(cnt_row / lines_s))`` cycles. A row waits (in a setup cycle) only when its bank is
-   still in use by the row two back: that row's last op needs 7 cycles from issue to the
-   hand-off, so rows shorter than 7 cycles wait, and all rows wait when the normaliser slots
-   are full. The engines work in lock-step per row, and a sparse group holds entries of one
-   row only (see "Efficiency limits" below).
+   ``e`` by their V chunk. Denser engine: ``chunks`` cycles per key group of ``lines_d``
+   global keys, ``ceil(G / lines_d)`` groups per row (G = 0: a row passes in one cycle with no
+   op); an adder tree over its lines sums into the row's chunk, and ``e`` into ``l``.
+   Sparser engine, **packed**: the row-ordered entries are a stream of (entry, chunk) pairs,
+   ``w = min(lines_s, chunks)`` consecutive pairs per cycle, one per line; the pairs of one
+   cycle have distinct chunks, so no tree is needed: each chunk of the accumulator takes the
+   products of the one line that holds it (a line-to-chunk crossbar), and the line holding
+   chunk 0 brings its entry's ``e`` into ``l`` (every product and every ``e`` is added exactly
+   once, so the integer sums are those of the golden model, bit for bit). The stream runs on
+   across row boundaries: a cycle that reaches the end of its row A fills its remaining lines
+   with the first pairs of row A + 1 (row B, the other bank), so rows shorter than the lines
+   leave no line idle. A short tail waits (no issue) until row B's bank is free, unless there
+   is no row B to pack with (last row, or an empty row next: then the cycle issues fewer
+   pairs); an empty row passes in one cycle. A row is handed off once both engines' last ops for
+   it have been added (a done bit per bank and engine, set 6 cycles after the engine's last
+   issue for the row); the hand-off copies and clears the bank and opens it for row x + 2.
+   The cycle model of this schedule is ``spmm_schedule`` in ``tests/test_vitcod_rtl.py``.
 4. NORMALISE (overlapped with the next rows): ``l = l_dense + l_sparse`` and ``acc_dense +
    acc_sparse`` merged once into one of ``normalisers`` slots (round-robin), each with its own
    :class:`~vitaccel.rtl.common.divider.Reciprocal` (iterative, ~37 cycles); the slots feed, in
@@ -64,14 +75,17 @@ bounded by the command's sizes, addresses are clamped, and the (meaningless) out
 
 Efficiency limits (measured in ``benchmarks/results/vitcod.md``): the Denser engine holds one
 global key per line, so the host never gives it more lines than G
-(:func:`vitaccel.golden.vitcod.line_split`); a partial last key group still idles lines. In
-SpMM a row's sparse entries occupy whole groups of ``lines_s`` lines for ``chunks`` cycles, so
-a row with fewer entries than lines leaves lines idle (DeiT-Tiny rows keep 2-20 sparse
-entries), and the engine in lock-step with the other waits for the longer of the two per row.
-Packing several short rows into one group needs per-row sums across the lines (a segmented
-adder tree, or one masked tree per row in the group) and one accumulator per row in the
-group, i.e. more accumulator banks than the two ping-pong banks; decoupling the engines per
-row needs separate dense and sparse accumulators merged at the hand-off.
+(:func:`vitaccel.golden.vitcod.line_split`); a partial last key group still idles lines.
+Sparser engine, SDDMM: a group of ``lines_s`` entries takes ``max(chunks, lines_s)`` cycles
+(one score-bank write per cycle) and issues in ``chunks`` of them, so only the last, partial
+group idles lines (and with ``lines_s > chunks`` the engine waits ``lines_s - chunks`` cycles
+per group, not counted as issue cycles; never with 8 lines x 8 MACs at d = 64). SpMM: packed,
+it idles lines only in the cycle before an empty row and in the very last cycle; with
+``lines_s > chunks`` (small d) it uses only ``chunks`` lines per cycle. Time, not issue
+efficiency: with two accumulator banks the engines can drift apart by one row only, so a row
+much longer for one engine (the CLS row: ~200 sparse entries) stalls the other; more banks
+would recover part of it (cycle model on the 36 DeiT-Tiny heads: SpMM 130.6k cycles with 2
+banks, 129.1k with 4, 119.0k unbounded), at 64 x 32-bit accumulators plus adders per bank.
 
 Choices an FPGA engineer would make and the spec leaves open: exact row max (a read pass over
 the stored scores, cheaper than recomputing SDDMM); the row-order permutation precomputed
@@ -432,28 +446,73 @@ class VitCoDCore(wiring.Component):
         m.d.comb += s_chunk.eq(s_tick)
 
         # --- phase 2 issue (comb) ---
-        r_row = Signal(range(NM + 1))
+        # The two engines walk the rows independently (each may be at most one row ahead of
+        # the oldest row not yet handed to the normalisers, ``hand_row``: row x uses the
+        # accumulator bank x % 2, so rows x and x + 1 are the only ones open).
+        hand_row = Signal(range(NM + 2))     # rows handed off to the normalisers
+        # Denser engine: its row, key group and chunk
+        r_drow = Signal(range(NM + 1))
         r_dword = Signal(range(self.dense_depth + NM + 1))
         r_gbase = Signal(range(self.g_max + L + 1))
         r_dgroup = Signal(range(self.dense_groups_max + 1))
         r_dchunk = Signal(range(FM + 1))
-        r_p = Signal(range(self.nnz_max + L + 1))      # row-order position of the group
+        # Sparser engine: a stream of (entry, chunk) pairs in row order, ``s_win`` pairs per
+        # cycle (one per line, consecutive, so the chunks of one cycle are distinct); its row
+        # ``r_srow`` (row A) holds entries [r_p, r_pend); a cycle that reaches the end of row A
+        # may go on into row A + 1 (row B), so short rows pack the lines.
+        r_srow = Signal(range(NM + 2))
+        r_p = Signal(range(self.nnz_max + NM * 65536))  # entry (row-order position)
+        r_c0 = Signal(range(FM))                        # chunk of the first pair
         r_pword = Signal(range(self.bank_depth + 2))
         r_pbank = Signal(range(L))
         # row counts come from the host (16 bits each, checked only by their sum): wide enough
         # never to wrap, so a bad count cannot make a row loop forever
         r_pend = Signal(range(self.nnz_max + NM * 65536))
-        # sparse groups step by lines_s, the row's last group only by what is left, so the
-        # position (and its bank/word) lands exactly on the next row's first entry
-        r_pstep = Signal(range(L + 1))
-        m.d.comb += r_pstep.eq(Mux(r_p + ls > r_pend, r_pend - r_p, ls))
-        r_schunk = Signal(range(FM + 1))
-        o2_d = Signal()                     # dense part of the op valid
-        o2_s = Signal()                     # sparse part valid
-        o2_last = Signal()                  # last op of the row step
-        m_issue = Signal(signed(T_BITS))    # row max used by exp: max of both engines' maxima
-        r_bank = Signal()                   # accumulator bank of the row (ping-pong)
-        row_advance = Signal()              # last op of a row: the next row is set up
+        s_win = Signal(range(L + 1))                    # pairs per cycle: min(lines_s, chunks)
+        d_open = Signal()                   # the dense row may be worked on (bank open)
+        s_open = Signal()                   # row A may be worked on
+        b_open = Signal()                   # row B may be worked on
+        p2_run = Signal()                   # the SPMM state
+        m.d.comb += [d_open.eq(p2_run & (r_drow < n) & (r_drow <= hand_row + 1)),
+                     s_open.eq(p2_run & (r_srow < n) & (r_srow <= hand_row + 1)),
+                     b_open.eq(r_srow + 1 <= hand_row + 1)]
+        o2_d = Signal()                     # a dense op is issued
+        o2_dlast = Signal()                 # the Denser engine leaves its row (op or skip)
+        o2_send = Signal()                  # the Sparser engine leaves row A (op or skip)
+        s_left = Signal.like(r_pend)        # entries of row A left
+        n_a = Signal(range(L + 1))          # pairs of row A this cycle
+        n_b = Signal(range(L + 1))          # pairs of row B this cycle
+        b_exists = Signal()                 # row B exists and holds entries
+        s_empty = Signal()                  # row A has no entry (left): skipped in one cycle
+        s_go = Signal()                     # the Sparser engine issues this cycle
+        s_end_a = Signal()                  # this cycle's pairs reach the end of row A
+        m.d.comb += [
+            s_left.eq(r_pend - r_p),
+            s_empty.eq(r_p >= r_pend),
+            n_a.eq(Mux(s_left >= 2, s_win, Mux(f - r_c0 < s_win, f - r_c0, s_win))),
+            s_end_a.eq((s_left == 1) & (n_a == f - r_c0)),
+            b_exists.eq((r_srow + 1 < n) & (cnt_rd.data != 0)),
+            # a short tail of row A waits for row B's bank rather than idling lines, unless
+            # there is no row B to pack with (last row, or an empty row next)
+            s_go.eq(s_open & ~s_empty & ((n_a == s_win) | ~b_exists | b_open)),
+            n_b.eq(Mux((n_a < s_win) & b_exists, s_win - n_a, 0)),
+            o2_send.eq(s_open & (s_empty | (s_go & s_end_a))),
+        ]
+        # per sparse line: its pair of this cycle (entry offset 0/1 from r_p, chunk, row A/B)
+        sp_v = Signal(L)
+        sp_o = Signal(L)
+        sp_b = Signal(L)
+        sp_chunk = [Signal(range(FM), name=f"l{ln}_sp_chunk") for ln in range(L)]
+        for ln in range(L):
+            slot = Signal(range(2 * L + 1), name=f"l{ln}_sp_slot")
+            k = Signal(range(FM + 2 * L + 1), name=f"l{ln}_sp_k")
+            m.d.comb += [
+                slot.eq(ln - ld), k.eq(r_c0 + slot),
+                sp_v[ln].eq(~is_dense[ln] & s_go & (slot < n_a + n_b)),
+                sp_o[ln].eq(k >= f),
+                sp_chunk[ln].eq(Mux(k >= f, k - f, k)),
+                sp_b[ln].eq(slot >= n_a),
+            ]
 
         # index-port addresses for the issue cycle
         for ln in range(L):
@@ -465,6 +524,7 @@ class VitCoDCore(wiring.Component):
         m.d.comb += [dv_rd.addr.eq(d_word), ds_rd.addr.eq(r_dword)]
         for b in range(L):
             m.d.comb += bank_rd[b].addr.eq(r_pword + (b < r_pbank))
+        m.d.comb += cnt_rd.addr.eq(Mux(phase2, r_srow + 1, 0))
 
         # --- stage 1 registers ---
         st1 = [dict(v=Signal(name=f"l{ln}_s1_v"), first=Signal(name=f"l{ln}_s1_first"), last=Signal(name=f"l{ln}_s1_last"),
@@ -474,12 +534,14 @@ class VitCoDCore(wiring.Component):
         s1_dword = Signal.like(d_word)
         s1_dactive = Signal(L)
         s1_sactive = Signal(L)
-        s1_d, s1_s, s1_last, s1_bank = Signal(), Signal(), Signal(), Signal()
-        s1_m = Signal(signed(T_BITS))
+        s1_d, s1_dlast, s1_dbank, s1_send, s1_sbank = (Signal(), Signal(), Signal(), Signal(),
+                                                       Signal())
         s1_dchunk = Signal(range(FM + 1))
-        s1_schunk = Signal(range(FM + 1))
-        s1_dfirst, s1_sfirst = Signal(), Signal()
+        s1_dfirst = Signal()
         s1_pbank = Signal(range(L))
+        # phase 2, per sparse line: pair valid, entry offset, row B, chunk
+        s1_sv, s1_so, s1_sb = Signal(L), Signal(L), Signal(L)
+        s1_schunk = [Signal(range(FM), name=f"l{ln}_s1_schunk") for ln in range(L)]
 
         m.d.sync += [s1_drow.eq(d_row), s1_dword.eq(d_word)]
         for ln in range(L):
@@ -497,13 +559,27 @@ class VitCoDCore(wiring.Component):
                 m.d.sync += [
                     st1[ln]["v"].eq(0),
                     s1_dactive[ln].eq(r_gbase + ln < g),
-                    s1_sactive[ln].eq(r_p + ln - ld < r_pend),
                 ]
-        m.d.sync += [s1_d.eq(o2_d & phase2), s1_s.eq(o2_s & phase2),
-                     s1_last.eq(o2_last & phase2), s1_bank.eq(r_bank), s1_m.eq(m_issue),
-                     s1_dchunk.eq(r_dchunk),
-                     s1_schunk.eq(r_schunk), s1_dfirst.eq(r_dchunk == 0),
-                     s1_sfirst.eq(r_schunk == 0), s1_pbank.eq(r_pbank)]
+            m.d.sync += [s1_sv[ln].eq(sp_v[ln] & phase2), s1_so[ln].eq(sp_o[ln]),
+                         s1_sb[ln].eq(sp_b[ln]), s1_schunk[ln].eq(sp_chunk[ln])]
+        m.d.sync += [s1_d.eq(o2_d & phase2), s1_dlast.eq(o2_dlast & phase2),
+                     s1_dbank.eq(r_drow[0]), s1_send.eq(o2_send & phase2),
+                     s1_sbank.eq(r_srow[0]), s1_dchunk.eq(r_dchunk),
+                     s1_dfirst.eq(r_dchunk == 0), s1_pbank.eq(r_pbank)]
+        # row maxima for phase 2 (read in the issue cycle, used in stage 1): the dense row, and
+        # the Sparser engine's rows A and B; m = max of both engines' maxima
+        md_rd_a, md_rd_b = md_mem.read_port(), md_mem.read_port()
+        ms_rd_a, ms_rd_b = ms_mem.read_port(), ms_mem.read_port()
+        m.d.comb += [md_rd_a.addr.eq(r_srow), ms_rd_a.addr.eq(r_srow),
+                     md_rd_b.addr.eq(r_srow + 1), ms_rd_b.addr.eq(r_srow + 1)]
+        m_dense = Signal(signed(T_BITS))
+        m_row_a = Signal(signed(T_BITS))
+        m_row_b = Signal(signed(T_BITS))
+        m.d.comb += [
+            m_dense.eq(Mux(md_rd.data > ms_rd.data, md_rd.data, ms_rd.data)),
+            m_row_a.eq(Mux(md_rd_a.data > ms_rd_a.data, md_rd_a.data, ms_rd_a.data)),
+            m_row_b.eq(Mux(md_rd_b.data > ms_rd_b.data, md_rd_b.data, ms_rd_b.data)),
+        ]
 
         # --- stage 1 (comb): operand addresses; phase 2 lane selection, row max, exp LUT ---
         line_t = [Signal(signed(T_BITS), name=f"l{ln}_t") for ln in range(L)]
@@ -520,7 +596,7 @@ class VitCoDCore(wiring.Component):
             ]
             # phase 2: dense lanes from the dense score word, sparse lanes from the banks
             bank_sel = Signal(range(2 * L + 1), name=f"l{ln}_bank")
-            m.d.comb += bank_sel.eq(s1_pbank + ln - ld)
+            m.d.comb += bank_sel.eq(s1_pbank + s1_so[ln])
             bank_lane = Signal(bank_layout, name=f"l{ln}_bank_lane")
             with m.Switch(Mux(bank_sel >= L, bank_sel - L, bank_sel)):
                 for b in range(L):
@@ -529,11 +605,10 @@ class VitCoDCore(wiring.Component):
             dlane = ds_rd.data[ln]
             m.d.comb += [
                 line_t[ln].eq(Mux(dense_line, dlane.t, bank_lane.t)),
-                line_ok[ln].eq(Mux(dense_line, dlane.ok & s1_dactive[ln] & s1_d,
-                                   s1_sactive[ln] & s1_s)),
+                line_ok[ln].eq(Mux(dense_line, dlane.ok & s1_dactive[ln] & s1_d, s1_sv[ln])),
                 line_col[ln].eq(Mux(dense_line, glob_rd[ln].data, bank_lane.col)),
             ]
-            chunk2 = Mux(dense_line, s1_dchunk, s1_schunk)
+            chunk2 = Mux(dense_line, s1_dchunk, s1_schunk[ln])
             row_sel = Mux(phase2, 0, row1)
             col_sel = Mux(phase2, line_col[ln], col1)
             chunk_sel = Mux(phase2, chunk2, st1[ln]["chunk"])
@@ -548,7 +623,8 @@ class VitCoDCore(wiring.Component):
         s2_ok = [Signal(name=f"l{ln}_s2_ok") for ln in range(L)]
         for ln in range(L):
             x = Signal(signed(T_BITS + 1), name=f"l{ln}_x")
-            m.d.comb += [x.eq(s1_m - line_t[ln]), lut_rd[ln].addr.eq(x[:T_FRAC])]
+            m_line = Mux(is_dense[ln], m_dense, Mux(s1_sb[ln], m_row_b, m_row_a))
+            m.d.comb += [x.eq(m_line - line_t[ln]), lut_rd[ln].addr.eq(x[:T_FRAC])]
             xi = x >> T_FRAC
             m.d.sync += [s2_xi[ln].eq(Mux(xi > 31, 31, xi)), s2_ok[ln].eq(line_ok[ln])]
 
@@ -572,12 +648,17 @@ class VitCoDCore(wiring.Component):
                 s2[ln]["col"].eq(ent_rd[ln].data.col),
                 s2[ln]["row"].eq(Mux(dense_line, s1_drow, ent_rd[ln].data.row)),
             ]
-        s2_d, s2_s, s2_last, s2_bank = Signal(), Signal(), Signal(), Signal()
-        s2_dchunk, s2_schunk = Signal.like(s1_dchunk), Signal.like(s1_schunk)
-        s2_dfirst, s2_sfirst = Signal(), Signal()
-        m.d.sync += [s2_d.eq(s1_d), s2_s.eq(s1_s), s2_last.eq(s1_last), s2_bank.eq(s1_bank),
-                     s2_dchunk.eq(s1_dchunk),
-                     s2_schunk.eq(s1_schunk), s2_dfirst.eq(s1_dfirst), s2_sfirst.eq(s1_sfirst)]
+        # phase-2 tags: shared (dense op, engine row ends) and per sparse line (pair valid,
+        # chunk, accumulator bank = row parity: row A is r_srow, row B the next one)
+        tag2_layout = data.StructLayout({"d": 1, "dlast": 1, "dbank": 1, "dfirst": 1,
+                                         "dchunk": len(s1_dchunk), "send": 1, "sbank": 1})
+        line2_layout = data.StructLayout({"v": 1, "chunk": len(s1_schunk[0]), "bank": 1})
+        s2_tags = Signal(tag2_layout)
+        m.d.sync += s2_tags.eq(Cat(s1_d, s1_dlast, s1_dbank, s1_dfirst, s1_dchunk, s1_send,
+                                   s1_sbank))
+        s2_line = [Signal(line2_layout, name=f"l{ln}_s2_tag2") for ln in range(L)]
+        for ln in range(L):
+            m.d.sync += s2_line[ln].eq(Cat(s1_sv[ln], s1_schunk[ln], s1_sbank ^ s1_sb[ln]))
 
         # --- stage 2 (comb): e = rshift_round(LUT, xi); operand selection for the multipliers
         s3_a = [[Signal(signed(E_BITS + 2), name=f"l{ln}_s3_a{j}") for j in range(P)]
@@ -622,11 +703,12 @@ class VitCoDCore(wiring.Component):
         s3_dword, s4_dword = Signal.like(d_word), Signal.like(d_word)
         m.d.sync += [s3_dword.eq(s2_dword), s4_dword.eq(s3_dword)]
         # phase-2 tags through stages 3 and 4
-        s3_tags = Signal(6 + 2 * len(s1_dchunk))
-        s4_tags = Signal.like(s3_tags)
-        m.d.sync += [s3_tags.eq(Cat(s2_d, s2_s, s2_last, s2_dfirst, s2_sfirst, s2_bank,
-                                    s2_dchunk, s2_schunk)),
-                     s4_tags.eq(s3_tags)]
+        s3_tags, s4_tags = Signal(tag2_layout), Signal(tag2_layout)
+        m.d.sync += [s3_tags.eq(s2_tags), s4_tags.eq(s3_tags)]
+        s3_line = [Signal(line2_layout, name=f"l{ln}_s3_tag2") for ln in range(L)]
+        s4_line = [Signal(line2_layout, name=f"l{ln}_s4_tag2") for ln in range(L)]
+        for ln in range(L):
+            m.d.sync += [s3_line[ln].eq(s2_line[ln]), s4_line[ln].eq(s3_line[ln])]
         s4_e = [Signal(E_BITS + 1, name=f"l{ln}_s4_e") for ln in range(L)]
         for ln in range(L):
             m.d.sync += s4_e[ln].eq(s3_e[ln])
@@ -652,23 +734,44 @@ class VitCoDCore(wiring.Component):
 
         sum_w = E_BITS + 10 + ceil_log2(L) + 1
         s5_dsum = [Signal(signed(sum_w), name=f"s5_dsum{j}") for j in range(P)]
-        s5_ssum = [Signal(signed(sum_w), name=f"s5_ssum{j}") for j in range(P)]
         s5_de = Signal(E_BITS + 1 + ceil_log2(L) + 1)
-        s5_se = Signal.like(s5_de)
         for j in range(P):
             dsum = 0
-            ssum = 0
             for ln in range(L):
                 dsum = dsum + Mux(is_dense[ln], s4_prod[ln][j], 0)
-                ssum = ssum + Mux(is_dense[ln], 0, s4_prod[ln][j])
-            m.d.sync += [s5_dsum[j].eq(dsum), s5_ssum[j].eq(ssum)]
-        de, se = 0, 0
+            m.d.sync += s5_dsum[j].eq(dsum)
+        de = 0
         for ln in range(L):
             de = de + Mux(is_dense[ln], s4_e[ln], 0)
-            se = se + Mux(is_dense[ln], 0, s4_e[ln])
-        m.d.sync += [s5_de.eq(de), s5_se.eq(se)]
-        s5_tags = Signal.like(s3_tags)
+        m.d.sync += s5_de.eq(de)
+        s5_tags = Signal(tag2_layout)
         m.d.sync += s5_tags.eq(s4_tags)
+        # Sparser engine: the pairs of one cycle have distinct chunks, so no tree: each chunk
+        # takes the products of the (at most one) line holding it, with that line's bank; the
+        # line holding chunk 0 also brings its e (each entry's e is counted once, into l).
+        s5_sval = [[Signal(signed(E_BITS + 10), name=f"s5_sval{c}_{j}") for j in range(P)]
+                   for c in range(FM)]
+        s5_sv = Signal(FM)
+        s5_sbank = Signal(FM)
+        s5_se = Signal(E_BITS + 1)
+        for c in range(FM):
+            hit = [~is_dense[ln] & s4_line[ln].v & (s4_line[ln].chunk == c) for ln in range(L)]
+            for j in range(P):
+                val = 0
+                for ln in range(L):
+                    val = val | Mux(hit[ln], s4_prod[ln][j], 0)
+                m.d.sync += s5_sval[c][j].eq(val)
+            bank = 0
+            any_hit = 0
+            for ln in range(L):
+                bank = bank | (hit[ln] & s4_line[ln].bank)
+                any_hit = any_hit | hit[ln]
+            m.d.sync += [s5_sv[c].eq(any_hit), s5_sbank[c].eq(bank)]
+            if c == 0:
+                e0 = 0
+                for ln in range(L):
+                    e0 = e0 | Mux(hit[ln], s4_e[ln], 0)
+                m.d.sync += s5_se.eq(e0)
 
         # --- stage 5, phase 1: accumulate the dot product; on the last chunk -> requantiser ---
         acc1 = [Signal(signed(32), name=f"l{ln}_score_acc") for ln in range(L)]
@@ -772,41 +875,33 @@ class VitCoDCore(wiring.Component):
                          md_wr.data.eq(Mux(dmax_t > md_rd.data, dmax_t, md_rd.data)),
                          ms_wr.addr.eq(smax_row), ms_wr.en.eq(smax_v),
                          ms_wr.data.eq(Mux(smax_t > ms_rd.data, smax_t, ms_rd.data))]
-        # phase 2: the row being issued, or the next one in its last cycle (row_advance), so
-        # that a row can follow the previous one without a setup cycle
-        r_row_rd = Signal.like(r_row)
-        m.d.comb += r_row_rd.eq(Mux(row_advance, r_row + 1, r_row))
-        m.d.comb += [md_rd.addr.eq(Mux(phase2, r_row_rd, tags_out[0].row)),
-                     ms_rd.addr.eq(Mux(phase2, r_row_rd, wsel.row)),
-                     m_issue.eq(Mux(md_rd.data > ms_rd.data, md_rd.data, ms_rd.data))]
+        # phase 2: the Denser engine's row (read in the issue cycle, used in stage 1)
+        m.d.comb += [md_rd.addr.eq(Mux(phase2, r_drow, tags_out[0].row)),
+                     ms_rd.addr.eq(Mux(phase2, r_drow, wsel.row))]
 
         # --- stage 5, phase 2: accumulate the output rows of both engines ---
-        # Two accumulator banks (ping-pong by row parity), so a row can start while the last
-        # ops of the previous one are still in flight; both engines add into the same row.
+        # Two accumulator banks (ping-pong by row parity): row x adds into bank x % 2. Each
+        # engine adds into the bank of its own row, so in one cycle both banks may be updated
+        # (the Denser engine on one row, the Sparser engine on the end of row A and the start
+        # of row B); integer sums do not depend on the order, so this is bit-exact.
         acc = [[Signal(signed(ACC_BITS), name=f"acc{b}_{x}") for x in range(FM * P)]
                for b in range(2)]
         lsum = [Signal(E_BITS + 1 + ceil_log2(NM + 1) + 1, name=f"lsum{b}") for b in range(2)]
-        t5 = data.View(data.StructLayout({"d": 1, "s": 1, "last": 1, "dfirst": 1, "sfirst": 1,
-                                          "bank": 1, "dchunk": len(s1_dchunk),
-                                          "schunk": len(s1_schunk)}), s5_tags)
-        addend = [[Signal(signed(sum_w + 1), name=f"addend{c}_{j}") for j in range(P)]
-                  for c in range(FM)]
-        for c in range(FM):
-            for j in range(P):
-                m.d.comb += addend[c][j].eq(Mux(t5.d & (t5.dchunk == c), s5_dsum[j], 0)
-                                            + Mux(t5.s & (t5.schunk == c), s5_ssum[j], 0))
-        l_add = Mux(t5.d & t5.dfirst, s5_de, 0) + Mux(t5.s & t5.sfirst, s5_se, 0)
+        t5 = s5_tags
         bank_clear = Signal(2)
         for b in range(2):
+            d_here = t5.d & (t5.dbank == b)
             with m.If(bank_clear[b]):
                 m.d.sync += [a.eq(0) for a in acc[b]] + [lsum[b].eq(0)]
-            with m.Elif((t5.d | t5.s) & (t5.bank == b)):
+            with m.Else():
                 for c in range(FM):
+                    s_here = s5_sv[c] & (s5_sbank[c] == b)
                     for j in range(P):
-                        m.d.sync += acc[b][c * P + j].eq(acc[b][c * P + j] + addend[c][j])
-                m.d.sync += lsum[b].eq(lsum[b] + l_add)
-        row_done = Signal()
-        m.d.comb += row_done.eq(t5.last)
+                        m.d.sync += acc[b][c * P + j].eq(
+                            acc[b][c * P + j] + Mux(d_here & (t5.dchunk == c), s5_dsum[j], 0)
+                            + Mux(s_here, s5_sval[c][j], 0))
+                m.d.sync += lsum[b].eq(lsum[b] + Mux(d_here & t5.dfirst, s5_de, 0)
+                                       + Mux(s5_sv[0] & (s5_sbank[0] == b), s5_se, 0))
         l_d = lsum[0]         # (width reference for the normaliser)
 
         # ======================================================================================
@@ -826,20 +921,23 @@ class VitCoDCore(wiring.Component):
         slot_r = [Signal(E_BITS + 3, name=f"norm{j}_r") for j in range(K)]
         in_turn = Signal(range(K))
         out_turn = Signal(range(K))
-        acc_pending = Signal(2)             # a bank holds a finished row, waiting for a slot
-        bank_busy = Signal(2)               # a bank is in use by a row (issued, not handed off)
+        d_done = Signal(2)                  # the Denser engine's last op of the bank's row added
+        s_done = Signal(2)                  # the Sparser engine's likewise
         hand_bank = Signal()                # rows are handed off in order: banks alternate
-        with m.If(row_done):
-            m.d.sync += acc_pending.bit_select(t5.bank, 1).eq(1)
-        # The row's last op updates its bank in the cycle of ``row_done``: hand off (copy and
-        # clear) from the next cycle on, once the next slot is free.
+        with m.If(t5.dlast):
+            m.d.sync += d_done.bit_select(t5.dbank, 1).eq(1)
+        with m.If(t5.send):
+            m.d.sync += s_done.bit_select(t5.sbank, 1).eq(1)
+        # A row's last ops update its bank in the cycle that sets its done bits: hand off (copy
+        # and clear) from the next cycle on, once the next slot is free.
         handoff = Signal()
-        m.d.comb += handoff.eq(acc_pending.bit_select(hand_bank, 1)
+        m.d.comb += handoff.eq(d_done.bit_select(hand_bank, 1) & s_done.bit_select(hand_bank, 1)
                                & ~slot_full.bit_select(in_turn, 1))
         with m.If(handoff):
             m.d.comb += bank_clear.bit_select(hand_bank, 1).eq(1)
-            m.d.sync += [acc_pending.bit_select(hand_bank, 1).eq(0),
-                         bank_busy.bit_select(hand_bank, 1).eq(0), hand_bank.eq(~hand_bank),
+            m.d.sync += [d_done.bit_select(hand_bank, 1).eq(0),
+                         s_done.bit_select(hand_bank, 1).eq(0), hand_bank.eq(~hand_bank),
+                         hand_row.eq(hand_row + 1),
                          in_turn.eq(Mux(in_turn == K - 1, 0, in_turn + 1))]
             with m.Switch(Cat(hand_bank, in_turn)):
                 for j in range(K):
@@ -924,6 +1022,7 @@ class VitCoDCore(wiring.Component):
                             n.eq(cmd.n), f.eq(cmd.chunks), g.eq(cmd.g), nnz.eq(cmd.nnz),
                             ld.eq(ld_new), ls.eq(L - ld_new), dgroups.eq(cmd.dense_groups),
                             s_period.eq(Mux(L - ld_new > cmd.chunks, L - ld_new, cmd.chunks)),
+                            s_win.eq(Mux(L - ld_new < cmd.chunks, L - ld_new, cmd.chunks)),
                             ncols.eq(cmd.n - cmd.g),
                             error.eq(error & ERR_BAD_CMD),
                             cycles.eq(0), sddmm_cycles.eq(0), spmm_cycles.eq(0),
@@ -985,70 +1084,56 @@ class VitCoDCore(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [cycles.eq(cycles + 1), sddmm_cycles.eq(sddmm_cycles + 1)]
                 with m.If(~p1_inflight):
-                    m.d.sync += [phase2.eq(1), r_row.eq(0), r_p.eq(0), r_pword.eq(0),
-                                 r_pbank.eq(0), r_bank.eq(0), bank_busy.eq(0),
-                                 acc_pending.eq(0), hand_bank.eq(0)]
-                    m.next = "ROW"
+                    m.d.sync += [phase2.eq(1), r_drow.eq(0), r_dword.eq(0), r_gbase.eq(0),
+                                 r_dgroup.eq(0), r_dchunk.eq(0), r_srow.eq(0), r_p.eq(0),
+                                 r_c0.eq(0), r_pword.eq(0), r_pbank.eq(0),
+                                 r_pend.eq(cnt_rd.data), hand_row.eq(0), d_done.eq(0),
+                                 s_done.eq(0), hand_bank.eq(0)]
+                    m.next = "SPMM"
 
-            # ---- phase 2, one row at a time (rows overlap through the two banks) ----
-            with m.State("ROW"):
-                # row setup; the row maxima are read here (sync) and valid from ROW_SPMM on
-                m.d.comb += [self.busy.eq(1), cnt_rd.addr.eq(r_row)]
-                m.d.sync += [cycles.eq(cycles + 1), spmm_cycles.eq(spmm_cycles + 1)]
-                m.d.sync += [r_pend.eq(r_p + cnt_rd.data), r_dword.eq(r_row), r_gbase.eq(0),
-                             r_dgroup.eq(0), r_dchunk.eq(0), r_schunk.eq(0)]
-                with m.If(~bank_busy.bit_select(r_bank, 1)):
-                    m.d.sync += bank_busy.bit_select(r_bank, 1).eq(1)
-                    m.next = "ROW_SPMM"
-
-            with m.State("ROW_SPMM"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [cycles.eq(cycles + 1), spmm_cycles.eq(spmm_cycles + 1)]
-                d_more = Signal()
-                s_more = Signal()
-                d_fin = Signal()
-                s_fin = Signal()
-                m.d.comb += [
-                    d_more.eq(r_dgroup < dgroups),
-                    s_more.eq(r_p < r_pend),
-                    d_fin.eq(~d_more | ((r_dchunk == f - 1) & (r_dgroup + 1 >= dgroups))),
-                    s_fin.eq(~s_more | ((r_schunk == f - 1) & (r_p + ls >= r_pend))),
-                    o2_d.eq(d_more), o2_s.eq(s_more), o2_last.eq(d_fin & s_fin),
-                ]
-                with m.If(d_more):
-                    m.d.sync += dense_busy.eq(dense_busy + 1)
-                    with m.If(r_dchunk == f - 1):
-                        m.d.sync += [r_dchunk.eq(0), r_dgroup.eq(r_dgroup + 1),
-                                     r_dword.eq(r_dword + n), r_gbase.eq(r_gbase + ld)]
+            # ---- phase 2: both engines walk the rows, each at its own pace (see issue) ----
+            with m.State("SPMM"):
+                m.d.comb += [self.busy.eq(1), p2_run.eq(1)]
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If((r_drow == n) & (r_srow == n)):
+                    m.next = "FINISH"
+                with m.Else():
+                    m.d.sync += spmm_cycles.eq(spmm_cycles + 1)
+                # Denser engine: ceil(G / lines_d) key groups of ``chunks`` ops per row; with
+                # G = 0 it passes a row per cycle (no op: the row's dense part is empty)
+                with m.If(d_open):
+                    with m.If(dgroups == 0):
+                        m.d.comb += o2_dlast.eq(1)
+                        m.d.sync += [r_drow.eq(r_drow + 1), r_dword.eq(r_drow + 1)]
                     with m.Else():
-                        m.d.sync += r_dchunk.eq(r_dchunk + 1)
-                with m.If(s_more):
-                    m.d.sync += sparse_busy.eq(sparse_busy + 1)
-                    with m.If(r_schunk == f - 1):
-                        m.d.sync += [r_schunk.eq(0), r_p.eq(r_p + r_pstep)]
-                        with m.If(r_pbank + r_pstep >= L):
-                            m.d.sync += [r_pbank.eq(r_pbank + r_pstep - L),
-                                         r_pword.eq(r_pword + 1)]
+                        m.d.comb += o2_d.eq(1)
+                        m.d.sync += dense_busy.eq(dense_busy + 1)
+                        with m.If(r_dchunk == f - 1):
+                            with m.If(r_dgroup + 1 >= dgroups):
+                                m.d.comb += o2_dlast.eq(1)
+                                m.d.sync += [r_drow.eq(r_drow + 1), r_dword.eq(r_drow + 1),
+                                             r_dgroup.eq(0), r_dchunk.eq(0), r_gbase.eq(0)]
+                            with m.Else():
+                                m.d.sync += [r_dchunk.eq(0), r_dgroup.eq(r_dgroup + 1),
+                                             r_dword.eq(r_dword + n), r_gbase.eq(r_gbase + ld)]
                         with m.Else():
-                            m.d.sync += r_pbank.eq(r_pbank + r_pstep)
+                            m.d.sync += r_dchunk.eq(r_dchunk + 1)
+                # Sparser engine: an empty row passes in one cycle (no op); otherwise s_win
+                # pairs (fewer only at the end of a row with no row B to pack with)
+                with m.If(o2_send):
+                    m.d.sync += [r_srow.eq(r_srow + 1), r_pend.eq(r_pend + cnt_rd.data)]
+                with m.If(s_go):
+                    m.d.sync += sparse_busy.eq(sparse_busy + 1)
+                    s_tot = Signal(range(FM + 2 * L + 1))
+                    m.d.comb += s_tot.eq(r_c0 + n_a + n_b)
+                    with m.If(s_tot >= f):
+                        m.d.sync += [r_c0.eq(s_tot - f), r_p.eq(r_p + 1)]
+                        with m.If(r_pbank == L - 1):
+                            m.d.sync += [r_pbank.eq(0), r_pword.eq(r_pword + 1)]
+                        with m.Else():
+                            m.d.sync += r_pbank.eq(r_pbank + 1)
                     with m.Else():
-                        m.d.sync += r_schunk.eq(r_schunk + 1)
-                # The next row's setup overlaps the last op of this one (no ROW cycle) when its
-                # accumulator bank is free: the row count is read one row ahead, the row-order
-                # position lands exactly on r_pend (the last group steps by what is left), and
-                # the row maxima are addressed one row ahead (see row_advance).
-                m.d.comb += cnt_rd.addr.eq(r_row + 1)
-                with m.If(d_fin & s_fin):
-                    m.d.comb += row_advance.eq(1)
-                    m.d.sync += [r_row.eq(r_row + 1), r_bank.eq(~r_bank)]
-                    with m.If(r_row == n - 1):
-                        m.next = "FINISH"
-                    with m.Elif(~bank_busy.bit_select(~r_bank, 1)):
-                        m.d.sync += [r_pend.eq(r_pend + cnt_rd.data), r_dword.eq(r_row + 1),
-                                     r_gbase.eq(0), r_dgroup.eq(0), r_dchunk.eq(0),
-                                     r_schunk.eq(0), bank_busy.bit_select(~r_bank, 1).eq(1)]
-                    with m.Else():
-                        m.next = "ROW"
+                        m.d.sync += r_c0.eq(s_tot)
 
             with m.State("FINISH"):
                 m.d.comb += self.busy.eq(1)
