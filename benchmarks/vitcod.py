@@ -19,11 +19,13 @@ Definitions (per head; f = ceil(d / MACs_per_line)):
   dense block do not count as useful;
 * dense baseline = 2 * N^2 * f / lines: every score and the full S V at 100 % utilisation.
 
-Usage: ``python benchmarks/vitcod.py [--heads L:H,...] [--simulator verilator]``.
+Board builds (:func:`common.board_builds`): the ULX3S default config, nextpnr asked for the
+issue's 75 MHz; ``--saved-builds`` takes the report of an earlier ``vitaccel build vitcod``.
+
+Usage: ``python benchmarks/vitcod.py [--heads L:H,...] [--sim verilator] [--no-build]``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -33,6 +35,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import common  # noqa: E402
+
+#: nextpnr target: the issue's 75 MHz on the ULX3S (the iCEBreaker cannot hold the unit).
+FMAX_TARGET_MHZ = {"ulx3s": 75.0, "icebreaker": common.FMAX_TARGET_MHZ["icebreaker"]}
 
 
 def run(heads=None, simulator="verilator", seed=0):
@@ -119,11 +127,12 @@ def summarise(cfg, rows):
     }
 
 
-def write(cfg, rows, summary, simulator):
+def write(cfg, rows, summary, simulator, builds=()):
     import dataclasses
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"unit": "vitcod", "simulator": simulator, "stalls": False,
-               "config": dataclasses.asdict(cfg), "summary": summary, "heads": rows}
+               "config": dataclasses.asdict(cfg), "summary": summary, "heads": rows,
+               "builds": list(builds)}
     (RESULTS / "vitcod.json").write_text(json.dumps(payload, indent=2))
     fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
     lines = [
@@ -164,13 +173,14 @@ def write(cfg, rows, summary, simulator):
             f"{r['dense_baseline_cycles']} | {r['speedup_vs_dense']:.2f} | "
             f"{r['mac_utilisation']:.3f} | {fmt(r['dense_issue_eff'])} | "
             f"{fmt(r['sparse_issue_eff'])} | {'yes' if r['bit_exact'] else 'NO'} |")
+    lines += common.builds_markdown(list(builds))
     (RESULTS / "vitcod.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.parser(__doc__.splitlines()[0])
+    ap.set_defaults(boards=["ulx3s"])
     ap.add_argument("--heads", help="comma-separated layer:head list (default: all 36)")
-    ap.add_argument("--simulator", default="verilator", choices=("verilator", "amaranth"))
     args = ap.parse_args(argv)
     from vitaccel.golden.vitcod import REAL_MASK_PATH
     if not REAL_MASK_PATH.exists():
@@ -179,9 +189,11 @@ def main(argv=None):
     heads = None
     if args.heads:
         heads = [tuple(int(x) for x in item.split(":")) for item in args.heads.split(",")]
-    cfg, rows = run(heads, args.simulator)
+    cfg, rows = run(heads, args.sim)
     summary = summarise(cfg, rows)
-    write(cfg, rows, summary, args.simulator)
+    builds = [] if args.no_build else common.board_builds("vitcod", args.boards, FMAX_TARGET_MHZ,
+                                                          saved=args.saved_builds)
+    write(cfg, rows, summary, args.sim, builds)
     print(json.dumps(summary, indent=2))
     return 0 if summary["all_bit_exact"] else 1
 
