@@ -79,20 +79,30 @@ def board_builds(unit_name: str, boards, targets=FMAX_TARGET_MHZ, saved=False) -
                 continue
             built = datetime.now(timezone.utc)
         fmax = report.get("fmax_mhz")
+        router = report.get("router") or _router_of(report)
         rows.append({
             "board": board, "config": str(cfg), "luts": report.get("luts"),
             "ffs": report.get("ffs"), "dsps": report.get("dsps"), "brams": report.get("brams"),
             "fmax_mhz": None if fmax is None else round(fmax, 2),
             "target_mhz": report.get("target_mhz") or target,
             "meets_target": fmax is not None and target is not None and fmax >= target,
-            "build_seconds": report.get("seconds"),
+            "router": router, "build_seconds": report.get("seconds"),
             "built_utc": built.isoformat(timespec="minutes"),
         })
     return rows
 
 
+def _router_of(report: dict) -> str | None:
+    """The nextpnr router of a build whose report predates the ``router`` field: read from the
+    build script beside its bitstream."""
+    script = Path(report.get("bitstream") or "").parent / "build_top.sh"
+    if not report.get("bitstream") or not script.is_file():
+        return None
+    return "router2" if "--router router2" in script.read_text() else "router1"
+
+
 BUILD_COLUMNS = ["board", "luts", "ffs", "dsps", "brams", "fmax_mhz", "target_mhz", "meets_target",
-                 "built_utc"]
+                 "router", "built_utc"]
 
 
 def builds_markdown(builds: list[dict]) -> list[str]:
