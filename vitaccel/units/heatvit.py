@@ -20,13 +20,13 @@ gemm_cycles)), ``outside_mac_cycles`` and its breakdown ``phases`` (load, layern
 package, compaction, control) from the selector's per-phase counters. Measured at DeiT-T, N = 196
 (benchmarks/heatvit.py): about 180,000 cycles per image, 93.7 % MAC utilisation in the MLP phases.
 
-Boards: the DeiT-T default is the ULX3S config and fits the ECP5-85F. The last place-and-route
-(25,737 LUT, 10,968 FF, 100 MULT18X18D, 43 DP16KD) closed timing at only 23.5 MHz against the
-75 MHz target, on the then single-cycle decision step (dz/hw address multiply -> distributed-RAM
-read -> PLAN sigmoid -> head-weight multiply -> accumulate). That step, the package
-accumulation, the global mean and the result write-back have since been pipelined (see
-:mod:`vitaccel.rtl.heatvit.selector`, "Timing"); the board figures above predate it and need a
-rebuild. The iCEBreaker cannot hold the selector's nonlinear units, so
+Boards: the DeiT-T default is the ULX3S config and fits the ECP5-85F. Before the pipelining
+described in :mod:`vitaccel.rtl.heatvit.selector` ("Timing") the build closed at 23.5 MHz on a
+single-cycle decision step; after it, and a stage of its own for the GELU factor, at 61.7 MHz
+(22,902 LUT, 13,131 FF, 98 MULT18X18D, 45 DP16KD; target 75 MHz, not met). The critical path is
+now the token block RAM's unregistered output -> the bank multiplexer -> the output stream and
+the package datapath; an output register (with a skid buffer for back-pressure) on the token
+read-out is the next step. The iCEBreaker cannot hold the selector's nonlinear units, so
 ``board_config("icebreaker")`` raises ValueError with the numbers.
 """
 from __future__ import annotations
