@@ -42,7 +42,8 @@ def board_builds(unit_name: str, boards, targets=FMAX_TARGET_MHZ, saved=False) -
     With ``saved`` the report of an earlier ``vitaccel build <unit> --board B`` run
     (``build/results/<unit>-build-<board>.json``; ECP5 builds of the large units take tens of
     minutes here, so they are run on their own) is used instead, if it was made with the board's
-    default config; ``built_utc`` (the report's time) says which RTL it saw. A board the unit does
+    default config (no build is started without one); ``built_utc`` (the report's time)
+    says which RTL it saw. A board the unit does
     not fit (``board_config`` raises) or a build that fails is a row with the reason, not a crash.
     """
     import dataclasses
@@ -61,7 +62,12 @@ def board_builds(unit_name: str, boards, targets=FMAX_TARGET_MHZ, saved=False) -
             rows.append({"board": board, "fits": False, "note": f"does not fit: {exc}"})
             continue
         saved_path = RESULTS / f"{unit_name}-build-{board}.json"
-        if saved and saved_path.is_file():
+        if saved and not saved_path.is_file():   # asked not to build: say so, do not start one
+            progress(f"no saved build {saved_path}")
+            rows.append({"board": board, "note": f"no saved `vitaccel build {unit_name} --board "
+                                                 f"{board}` report ({saved_path})"})
+            continue
+        if saved:
             report = json.loads(saved_path.read_text())
             default = json.loads(json.dumps(dataclasses.asdict(cfg), default=_jsonable))
             if report.get("config") != default:

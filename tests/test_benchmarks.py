@@ -42,6 +42,14 @@ def test_saved_board_builds(tmp_path, monkeypatch):
     assert "fmax_mhz" not in rows[0] and "not of the default config" in rows[0]["note"]
 
 
+def test_missing_saved_build_is_a_note_not_a_build(tmp_path, monkeypatch):
+    from vitaccel import cli
+    monkeypatch.setattr(cli, "RESULTS", tmp_path)
+    monkeypatch.setattr(cli, "run_build", lambda *a, **k: pytest.fail("started a build"))
+    rows = common.board_builds("gemm", ["ulx3s"], saved=True)
+    assert "fmax_mhz" not in rows[0] and "no saved" in rows[0]["note"]
+
+
 def test_unfit_board_is_a_row_not_a_crash():
     rows = common.board_builds("heatvit", ["icebreaker"], saved=True)
     assert rows[0]["fits"] is False and "does not fit" in rows[0]["note"]
