@@ -75,6 +75,7 @@ from amaranth.lib.wiring import In, Out
 from vitaccel.golden.heatvit import PKG_FRAC, RN_FRAC
 from vitaccel.rtl.common.divider import Divider, Reciprocal
 from vitaccel.rtl.common.mac_array import MACArray
+from vitaccel.rtl.common.skid import SkidBuffer
 from vitaccel.rtl.common.requant import SHIFT_WIDTH, Requantizer
 
 from .gelu import GELU
@@ -247,6 +248,12 @@ class Selector(wiring.Component):
 
         # ---- memories --------------------------------------------------------------------------
         m.submodules.tok_mem = tok_mem = Memory(shape=signed(8), depth=(n_max + 1) * D, init=[])
+        # tokens_out leaves through a register slice: its payload is the token RAM's read data
+        # behind the bank multiplexer (or the package requantiser), which would otherwise run on
+        # into the consumer's logic (the host link's UART shift register: the ULX3S critical path)
+        m.submodules.out_skid = out_skid = SkidBuffer(signed(8))
+        wiring.connect(m, out_skid.o, wiring.flipped(self.tokens_out))
+        tok_out = out_skid.i
         tok_wr, tok_rd = tok_mem.write_port(), tok_mem.read_port()
         # the activation scratchpad is two banks (even / odd word addresses): the GELU write-back
         # stores two output channels of a token per cycle, and their addresses A, A + 1 always
@@ -988,10 +995,10 @@ class Selector(wiring.Component):
                 m.next = "OUT_ROWS"
             with m.State("OUT_ROWS"):
                 m.d.comb += phase_out.eq(1)
-                out_adv = ~out_rv | self.tokens_out.ready
+                out_adv = ~out_rv | tok_out.ready
                 row_kept = keep_sh[0]
-                m.d.comb += [self.tokens_out.valid.eq(out_rv),
-                             self.tokens_out.payload.eq(tok_rd.data), tok_rd.en.eq(out_adv)]
+                m.d.comb += [tok_out.valid.eq(out_rv),
+                             tok_out.payload.eq(tok_rd.data), tok_rd.en.eq(out_adv)]
                 with m.If(out_adv):
                     m.d.sync += out_rv.eq(0)
                     with m.If(out_row <= n):
@@ -1022,10 +1029,10 @@ class Selector(wiring.Component):
                     m.d.comb += [rq_pkg.multiplier.eq(1), rq_pkg.shift.eq(8)]
                 with m.If(rq_pkg.i.ready & (pkg_sent < D)):
                     m.d.sync += [out_c.eq(out_c + 1), pkg_sent.eq(pkg_sent + 1)]
-                m.d.comb += [self.tokens_out.valid.eq(rq_pkg.o.valid),
-                             self.tokens_out.payload.eq(rq_pkg.o.payload[0]),
-                             rq_pkg.o.ready.eq(self.tokens_out.ready)]
-                with m.If(self.tokens_out.valid & self.tokens_out.ready):
+                m.d.comb += [tok_out.valid.eq(rq_pkg.o.valid),
+                             tok_out.payload.eq(rq_pkg.o.payload[0]),
+                             rq_pkg.o.ready.eq(tok_out.ready)]
+                with m.If(tok_out.valid & tok_out.ready):
                     m.d.sync += pkg_recv.eq(pkg_recv + 1)
                     with m.If(pkg_recv == D - 1):
                         m.next = "N_NEXT"
