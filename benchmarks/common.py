@@ -37,7 +37,8 @@ def progress(message: str):
 
 def board_builds(unit_name: str, boards, targets=FMAX_TARGET_MHZ, saved=False) -> list[dict]:
     """One row per board: LUT/FF/DSP/BRAM and the Fmax nextpnr reached when asked for the board's
-    target, from a build of the board's default config behind the host link.
+    target, from a build of the board's default config behind the host link. ``target_mhz`` and
+    ``meets_target`` are against ``targets`` (the goal), whatever an older saved build asked for.
 
     With ``saved`` the report of an earlier ``vitaccel build <unit> --board B`` run
     (``build/results/<unit>-build-<board>.json``; ECP5 builds of the large units take tens of
@@ -90,7 +91,7 @@ def board_builds(unit_name: str, boards, targets=FMAX_TARGET_MHZ, saved=False) -
             "board": board, "config": str(cfg), "luts": report.get("luts"),
             "ffs": report.get("ffs"), "dsps": report.get("dsps"), "brams": report.get("brams"),
             "fmax_mhz": None if fmax is None else round(fmax, 2),
-            "target_mhz": report.get("target_mhz") or target,
+            "target_mhz": target if target is not None else report.get("target_mhz"),
             "meets_target": fmax is not None and target is not None and fmax >= target,
             "router": router, "build_seconds": report.get("seconds"),
             "built_utc": built.isoformat(timespec="minutes"),

@@ -22,12 +22,15 @@ package, compaction, control) from the selector's per-phase counters. Measured a
 
 Boards: the DeiT-T default is the ULX3S config and fits the ECP5-85F. Before the pipelining
 described in :mod:`vitaccel.rtl.heatvit.selector` ("Timing") the build closed at 23.5 MHz on a
-single-cycle decision step; after it, and a stage of its own for the GELU factor, at 61.7 MHz
-(22,902 LUT, 13,131 FF, 98 MULT18X18D, 45 DP16KD; target 75 MHz, not met). The critical path is
-now the token block RAM's unregistered output -> the bank multiplexer -> the output stream and
-the package datapath; an output register (with a skid buffer for back-pressure) on the token
-read-out is the next step. The iCEBreaker cannot hold the selector's nonlinear units, so
-``board_config("icebreaker")`` raises ValueError with the numbers.
+single-cycle decision step; after it, and a stage of its own for the GELU factor, at 61.6 MHz
+(22,902 LUT, 98 MULT18X18D, 45 DP16KD), limited by the token block RAM's output -> bank
+multiplexer -> host link. With ``tokens_out`` behind a register slice
+(:class:`~vitaccel.rtl.common.skid.SkidBuffer`) the build reaches 58.7 MHz (22,888 LUT, same
+DSP/BRAM; target 75 MHz, not met), now limited by the package requantiser's single-stage
+32 x 17-bit product (two MULT18X18D and their adder, ``rtl/common/requant.py``): splitting that
+product over two stages in the shared Requantizer is the next step. The iCEBreaker cannot hold
+the selector's nonlinear units, so ``board_config("icebreaker")`` raises ValueError with the
+numbers.
 """
 from __future__ import annotations
 
