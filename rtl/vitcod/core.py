@@ -629,11 +629,21 @@ class VitCoDCore(wiring.Component):
             m.d.sync += [s2_xi[ln].eq(Mux(xi > 31, 31, xi)), s2_ok[ln].eq(line_ok[ln])]
 
         # --- stage 2 registers (phase-1 tags) ---
-        s2 = [dict(v=Signal(name=f"l{ln}_s2_v"), ok=Signal(name=f"l{ln}_s2_pok"),
-                   first=Signal(name=f"l{ln}_s2_first"), last=Signal(name=f"l{ln}_s2_last"),
-                   pos=Signal(entry_pos_layout, name=f"l{ln}_s2_pos"),
-                   col=Signal(CB, name=f"l{ln}_s2_col"), row=Signal(CB, name=f"l{ln}_s2_row"))
-              for ln in range(L)]
+        def line_tags(stage, ok="ok", chunk_flags=True):
+            """Each line's sideband at one pipeline stage: valid, in range, first/last chunk of
+            the dot product (stages before the accumulator), row-order position, column, row."""
+            def tags(ln):
+                t = dict(v=Signal(name=f"l{ln}_{stage}_v"), ok=Signal(name=f"l{ln}_{stage}_{ok}"))
+                if chunk_flags:
+                    t.update(first=Signal(name=f"l{ln}_{stage}_first"),
+                             last=Signal(name=f"l{ln}_{stage}_last"))
+                t.update(pos=Signal(entry_pos_layout, name=f"l{ln}_{stage}_pos"),
+                         col=Signal(CB, name=f"l{ln}_{stage}_col"),
+                         row=Signal(CB, name=f"l{ln}_{stage}_row"))
+                return t
+            return [tags(ln) for ln in range(L)]
+
+        s2 = line_tags("s2", ok="pok")
         s2_dword = Signal.like(d_word)
         m.d.sync += s2_dword.eq(s1_dword)
         for ln in range(L):
@@ -687,16 +697,8 @@ class VitCoDCore(wiring.Component):
         for ln in range(L):
             for j in range(P):
                 m.d.sync += s4_prod[ln][j].eq(s3_a[ln][j] * s3_b[ln][j])
-        s3 = [dict(v=Signal(name=f"l{ln}_s3_v"), ok=Signal(name=f"l{ln}_s3_ok"),
-                   first=Signal(name=f"l{ln}_s3_first"), last=Signal(name=f"l{ln}_s3_last"),
-                   pos=Signal(entry_pos_layout, name=f"l{ln}_s3_pos"),
-                   col=Signal(CB, name=f"l{ln}_s3_col"),
-                   row=Signal(CB, name=f"l{ln}_s3_row")) for ln in range(L)]
-        s4 = [dict(v=Signal(name=f"l{ln}_s4_v"), ok=Signal(name=f"l{ln}_s4_ok"),
-                   first=Signal(name=f"l{ln}_s4_first"), last=Signal(name=f"l{ln}_s4_last"),
-                   pos=Signal(entry_pos_layout, name=f"l{ln}_s4_pos"),
-                   col=Signal(CB, name=f"l{ln}_s4_col"),
-                   row=Signal(CB, name=f"l{ln}_s4_row")) for ln in range(L)]
+        s3 = line_tags("s3")
+        s4 = line_tags("s4")
         for ln in range(L):
             for key in s2[ln]:
                 m.d.sync += [s3[ln][key].eq(s2[ln][key]), s4[ln][key].eq(s3[ln][key])]
@@ -721,11 +723,7 @@ class VitCoDCore(wiring.Component):
             for j in range(1, P):
                 total = total + s4_prod[ln][j]
             m.d.sync += s5_dot[ln].eq(total)
-        s5 = [dict(v=Signal(name=f"l{ln}_s5_v"), ok=Signal(name=f"l{ln}_s5_ok"),
-                   first=Signal(name=f"l{ln}_s5_first"), last=Signal(name=f"l{ln}_s5_last"),
-                   pos=Signal(entry_pos_layout, name=f"l{ln}_s5_pos"),
-                   col=Signal(CB, name=f"l{ln}_s5_col"),
-                   row=Signal(CB, name=f"l{ln}_s5_row")) for ln in range(L)]
+        s5 = line_tags("s5")
         for ln in range(L):
             for key in s4[ln]:
                 m.d.sync += s5[ln][key].eq(s4[ln][key])
@@ -775,10 +773,7 @@ class VitCoDCore(wiring.Component):
 
         # --- stage 5, phase 1: accumulate the dot product; on the last chunk -> requantiser ---
         acc1 = [Signal(signed(32), name=f"l{ln}_score_acc") for ln in range(L)]
-        s6 = [dict(v=Signal(name=f"l{ln}_s6_v"), ok=Signal(name=f"l{ln}_s6_ok"),
-                   pos=Signal(entry_pos_layout, name=f"l{ln}_s6_pos"),
-                   col=Signal(CB, name=f"l{ln}_s6_col"),
-                   row=Signal(CB, name=f"l{ln}_s6_row")) for ln in range(L)]
+        s6 = line_tags("s6", chunk_flags=False)
         s6_dword = Signal.like(d_word)
         m.d.sync += s6_dword.eq(s5_dword)
         requants = []
