@@ -62,19 +62,19 @@ class AutoEncoder(wiring.Component):
                                                          out_width=8)
         m.d.comb += [enc.multiplier.eq(self.enc_multiplier), enc.shift.eq(self.enc_shift),
                      dec.multiplier.eq(self.dec_multiplier), dec.shift.eq(self.dec_shift)]
+        def linear(out, weights, bias, inputs, n_out, n_in):
+            """out[o] = bias[o] + sum_k weights[o * n_in + k] * inputs[k] (row-major weights)."""
+            for o in range(n_out):
+                total = bias[o]
+                for k in range(n_in):
+                    total = total + weights[o * n_in + k] * inputs[k]
+                m.d.comb += out[o].eq(total)
+
         # encoder: i -> enc
         m.d.comb += [enc.i.valid.eq(self.i.valid), self.i.ready.eq(enc.i.ready)]
-        for g in range(hh):
-            total = self.enc_b[g]
-            for x in range(h):
-                total = total + self.enc_w[g * h + x] * self.i.payload[x]
-            m.d.comb += enc.i.payload[g].eq(total)
+        linear(enc.i.payload, self.enc_w, self.enc_b, self.i.payload, hh, h)
         # decoder: enc -> dec
         m.d.comb += [dec.i.valid.eq(enc.o.valid), enc.o.ready.eq(dec.i.ready)]
-        for x in range(h):
-            total = self.dec_b[x]
-            for g in range(hh):
-                total = total + self.dec_w[x * hh + g] * enc.o.payload[g]
-            m.d.comb += dec.i.payload[x].eq(total)
+        linear(dec.i.payload, self.dec_w, self.dec_b, enc.o.payload, h, hh)
         wiring.connect(m, dec.o, wiring.flipped(self.o))
         return m
