@@ -2,15 +2,22 @@
 
 Golden twin: :func:`vitaccel.golden.fixedpoint.requantize` (RHU rounding, saturation), bit for bit.
 
-Pipeline (latency 4 cycles from an accepted input beat to the output beat, throughput one beat per
+Pipeline (latency 5 cycles from an accepted input beat to the output beat, throughput one beat per
 cycle while the sink is ready)::
 
     S0  register the lanes together with ``multiplier`` and ``shift``   (DSP input registers)
-    S1  p = acc * multiplier                                             (DSP output register)
-    S2  t = (p << 1) >>> shift        = floor(p / 2**(shift-1))           (barrel shifter only)
-    S3  r = (t + 1) >> 1 and saturate = floor((p + 2**(shift-1)) / 2**shift)
+    S1  partial products acc[17j : 17j+17] * multiplier                  (DSP output registers)
+    S2  p = sum_j partial_j << 17j                                       (carry chain only)
+    S3  t = (p << 1) >>> shift        = floor(p / 2**(shift-1))           (barrel shifter only)
+    S4  r = (t + 1) >> 1 and saturate = floor((p + 2**(shift-1)) / 2**shift)
 
-S3 does not need a full-width adder: the saturation test is done on ``t`` directly
+S1/S2 split the product at the 18x18 multiplier's width: a 32-bit accumulator times a 16-bit
+multiplier needs two multiplier blocks and an adder, and doing all of it in one cycle was the
+critical path of the HeatViT selector on the ULX3S (17 ns). Each partial product now fits one
+block (the low chunks as unsigned 17-bit operands, the top chunk signed) and the adder gets a
+stage of its own.
+
+S4 does not need a full-width adder: the saturation test is done on ``t`` directly
 (``r > hi  <=>  t >= 2*hi + 1`` and ``r < lo  <=>  t <= 2*lo - 2``), and when neither holds the
 result fits ``out_width`` bits, so only the low ``out_width + 1`` bits of ``t`` are incremented.
 
@@ -51,7 +58,9 @@ class Requantizer(wiring.Component):
         From :func:`fixedpoint.quantize_multiplier`; sampled with every accepted beat.
     """
 
-    LATENCY = 4
+    LATENCY = 5
+    #: Bits of the accumulator per partial product (unsigned 17 bits fit an 18x18 signed multiplier).
+    CHUNK = 17
 
     def __init__(self, lanes: int, in_width: int = 32, out_width: int = 8,
                  multiplier_bits: int = 16):
@@ -86,13 +95,19 @@ class Requantizer(wiring.Component):
         acc0 = [Signal(signed(iw), name=f"acc0_{k}") for k in range(lanes)]
         mul0 = Signal(unsigned(mb))
         sh0 = Signal(unsigned(SHIFT_WIDTH))
-        # S1: products
+        # S1: partial products, one multiplier block each
+        chunks = [(lo_bit, min(lo_bit + self.CHUNK, iw)) for lo_bit in range(0, iw, self.CHUNK)]
         v1 = Signal()
-        prod1 = [Signal(signed(pw), name=f"prod1_{k}") for k in range(lanes)]
+        part1 = [[Signal(signed(hi_bit - lo_bit + mb + 1), name=f"part1_{k}_{j}")
+                  for j, (lo_bit, hi_bit) in enumerate(chunks)] for k in range(lanes)]
         sh1 = Signal(unsigned(SHIFT_WIDTH))
-        # S2: t = floor(p / 2**(shift-1)), one more bit than p for the doubling
+        # S2: the full product
         v2 = Signal()
-        t2 = [Signal(signed(pw + 1), name=f"t2_{k}") for k in range(lanes)]
+        prod2 = [Signal(signed(pw), name=f"prod2_{k}") for k in range(lanes)]
+        sh2 = Signal(unsigned(SHIFT_WIDTH))
+        # S3: t = floor(p / 2**(shift-1)), one more bit than p for the doubling
+        v3 = Signal()
+        t3 = [Signal(signed(pw + 1), name=f"t3_{k}") for k in range(lanes)]
 
         with m.If(en):
             m.d.sync += [
@@ -102,17 +117,25 @@ class Requantizer(wiring.Component):
                 v1.eq(v0),
                 sh1.eq(sh0),
                 v2.eq(v1),
-                self.o.valid.eq(v2),
+                sh2.eq(sh1),
+                v3.eq(v2),
+                self.o.valid.eq(v3),
             ]
             for k in range(lanes):
-                # Signed x unsigned: Amaranth widens the unsigned operand, so the product is exact.
+                m.d.sync += acc0[k].eq(self.i.payload[k])
+                for j, (lo_bit, hi_bit) in enumerate(chunks):
+                    chunk = acc0[k][lo_bit:hi_bit]
+                    # Only the top chunk carries the sign; the others are plain unsigned bits.
+                    if hi_bit == iw:
+                        chunk = chunk.as_signed()
+                    # Signed x unsigned: Amaranth widens the unsigned operand, so each is exact.
+                    m.d.sync += part1[k][j].eq(chunk * mul0)
                 m.d.sync += [
-                    acc0[k].eq(self.i.payload[k]),
-                    prod1[k].eq(acc0[k] * mul0),
+                    prod2[k].eq(sum(part1[k][j] << lo_bit for j, (lo_bit, _) in enumerate(chunks))),
                     # ``>>`` on a signed value is arithmetic, i.e. a floor division by 2**shift.
-                    t2[k].eq(Cat(Const(0, 1), prod1[k]).as_signed() >> sh1),
+                    t3[k].eq(Cat(Const(0, 1), prod2[k]).as_signed() >> sh2),
                 ]
-                t = t2[k]
+                t = t3[k]
                 rounded = Signal(unsigned(ow + 1), name=f"rounded_{k}")
                 m.d.comb += rounded.eq(t[:ow + 1] + 1)
                 m.d.sync += self.o.payload[k].eq(
