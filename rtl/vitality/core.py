@@ -161,13 +161,10 @@ class VitalityCore(wiring.Component):
         k_addr = Signal(range(TT * d + 1))
         m.d.comb += [self.k.ready.eq(k_busy), k_wr.addr.eq(k_addr), k_wr.data.eq(self.k.payload)]
         k_fire = self.k.valid & k_busy
-        k_lane_sum = sum(Mux(k_i0 + r < n, self.k.payload[r], 0) for r in range(R))
+        k_sum_pending = self._column_sums(m, k_fire, self.k.payload, k_i0, n, k_a, ksum, "ksum")
         with m.If(k_fire):
             m.d.comb += k_wr.en.eq(1)
             m.d.sync += k_addr.eq(k_addr + 1)
-            for a in range(d):
-                with m.If(k_a == a):
-                    m.d.sync += ksum[a].eq(ksum[a] + k_lane_sum)
             with m.If(k_a == d - 1):
                 m.d.sync += [k_a.eq(0), k_i0.eq(k_i0 + R)]
                 with m.If(k_i0 + R >= n):
@@ -183,12 +180,9 @@ class VitalityCore(wiring.Component):
         m.d.comb += [self.v.ready.eq(v_busy), v_wr.addr.eq(v_word),
                      v_wr.data.eq(Cat(*[self.v.payload.as_value() for _ in range(C)]))]
         v_fire = self.v.valid & v_busy
-        v_lane_sum = sum(Mux(v_i0 + r < n, self.v.payload[r], 0) for r in range(R))
+        v_sum_pending = self._column_sums(m, v_fire, self.v.payload, v_i0, n, v_b, vsum, "vsum")
         with m.If(v_fire):
             m.d.comb += v_wr.en.eq(1 << v_c)
-            for b in range(d):
-                with m.If(v_b == b):
-                    m.d.sync += vsum[b].eq(vsum[b] + v_lane_sum)
             with m.If(v_b == d - 1):
                 m.d.sync += [v_b.eq(0), v_c.eq(0), v_i0.eq(v_i0 + R), v_row.eq(v_row + BT),
                              v_word.eq(v_row + BT)]
@@ -356,7 +350,7 @@ class VitalityCore(wiring.Component):
                         m.d.sync += self.error.eq(1)
             with m.State("LOAD"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(~k_busy & ~v_busy):
+                with m.If(~k_busy & ~v_busy & ~k_sum_pending & ~v_sum_pending):
                     m.next = "CENTER" if p.center_keys else "G_START"
             with m.State("CENTER"):
                 m.d.comb += [self.busy.eq(1), kbar_div.i.valid.eq(1)]
@@ -463,21 +457,24 @@ class VitalityCore(wiring.Component):
             sa.load.eq(s1_valid & s1_tag),
             sa.i_side.eq(side),
         ]
-        # step 3: k^_sum accumulates the centred keys while they stream into the array. The row
-        # sum is registered first (one stage behind S1, same enable) to keep the memory output ->
-        # adder tree -> accumulator path short.
+        # step 3: k^_sum accumulates the centred keys while they stream into the array. Three
+        # stages behind S1 (same enable): the centred lanes, their sum, the accumulation. The
+        # memory output -> subtract -> adder tree -> accumulator path in one cycle was 17 ns.
+        khat_reg = [Signal(signed(OW), name=f"khs_lane{r}") for r in range(R)]
+        khat_a, khs_row_a = Signal(range(d)), Signal(range(d))
+        khat_valid, khs_row_valid = Signal(), Signal()
         khs_row = Signal(signed(OW + R.bit_length()))
-        khs_row_a = Signal(range(d))
-        khs_row_valid = Signal()
         with m.If(en):
-            m.d.sync += [khs_row.eq(sum(khat)), khs_row_a.eq(s1_a),
-                         khs_row_valid.eq(s1_valid & ~s1_phase_t & s1_bt0)]
+            m.d.sync += [[khat_reg[r].eq(khat[r]) for r in range(R)], khat_a.eq(s1_a),
+                         khat_valid.eq(s1_valid & ~s1_phase_t & s1_bt0),
+                         khs_row.eq(sum(khat_reg)), khs_row_a.eq(khat_a),
+                         khs_row_valid.eq(khat_valid)]
             with m.If(khs_row_valid):
                 for a in range(d):
                     with m.If(khs_row_a == a):
                         m.d.sync += khs[a].eq(khs[a] + khs_row)
         with m.If(start):
-            m.d.sync += khs_row_valid.eq(0)
+            m.d.sync += [khat_valid.eq(0), khs_row_valid.eq(0)]
 
         # ---- SA-General results --------------------------------------------------------------
         out_side = data.View(side_layout, sa.o_side)
@@ -561,9 +558,29 @@ class VitalityCore(wiring.Component):
                         m.next = "IDLE"
         else:
             self._sa_diag(m, p, start, n, n_cd, khs, q_busy, q_rd_diag, recip_div,
-                          pending_clamped, (s1_valid & ~s1_phase_t & s1_bt0) | khs_row_valid,
+                          pending_clamped,
+                          (s1_valid & ~s1_phase_t & s1_bt0) | khat_valid | khs_row_valid,
                           issue_g & (g_bt == 0))
         return m
+
+    def _column_sums(self, m, fire, lanes, i0, n, index, sums, name):
+        """Step 1's accumulator array for one of K, V: every beat of ``rows`` token lanes (lanes
+        at or past ``n`` count as 0) adds into ``sums[index]``. Three registered stages (masked
+        lanes, their sum, the accumulation) so no cycle holds a compare, an adder tree and an
+        accumulator at once; returns the signal that is high while a beat is still in flight."""
+        R, d = self.rows, len(sums)
+        masked = [Signal(signed(8), name=f"{name}_lane{r}") for r in range(R)]
+        row_sum = Signal(signed(8 + R.bit_length()), name=f"{name}_row")
+        index1, index2 = Signal.like(index, name=f"{name}_idx1"), Signal.like(index, name=f"{name}_idx2")
+        valid1, valid2 = Signal(name=f"{name}_v1"), Signal(name=f"{name}_v2")
+        m.d.sync += [[masked[r].eq(Mux(i0 + r < n, lanes[r], 0)) for r in range(R)],
+                     index1.eq(index), valid1.eq(fire),
+                     row_sum.eq(sum(masked)), index2.eq(index1), valid2.eq(valid1)]
+        with m.If(valid2):
+            for a in range(d):
+                with m.If(index2 == a):
+                    m.d.sync += sums[a].eq(sums[a] + row_sum)
+        return valid1 | valid2
 
     def _sa_diag(self, m, p, start, n, n_cd, khs, q_busy, q_rd, recip_div, pending_clamped,
                  khs_updating, khs_issuing):
@@ -577,16 +594,20 @@ class VitalityCore(wiring.Component):
         d_addr = Signal(range(n_max * AT + 1))
         khs_tile = [Signal(signed(p.khs_bits), name=f"diag_khs{r}") for r in range(R)]
         m.d.comb += [q_rd.addr.eq(d_addr), q_rd.en.eq(1)]
-        # The PE column, pipelined: [Q read, k^_sum tile] -> [R products] -> [column sum] ->
-        # [t_D accumulate]. ``v*``/``first*`` follow a tile through the stages.
-        v1, v2, v3, first1, first2, first3 = (Signal(name=f"diag_{x}") for x in (
-            "v1", "v2", "v3", "first1", "first2", "first3"))
+        # The PE column, pipelined: [Q read, k^_sum tile] -> [operands registered] -> [R products]
+        # -> [column sum] -> [t_D accumulate]. ``v*``/``first*`` follow a tile through the
+        # stages. The operand stage keeps the block RAM output out of the multiplier's cycle.
+        v1, vq, v2, v3, first1, firstq, first2, first3 = (Signal(name=f"diag_{x}") for x in (
+            "v1", "vq", "v2", "v3", "first1", "firstq", "first2", "first3"))
+        q_lane = [Signal(signed(8), name=f"diag_q{r}") for r in range(R)]
+        khs_lane = [Signal(signed(p.khs_bits), name=f"diag_khs_q{r}") for r in range(R)]
         prod = [Signal(signed(8 + p.khs_bits), name=f"diag_prod{r}") for r in range(R)]
         dot = Signal(signed(p.td_bits))
-        m.d.sync += [v1.eq(0), v2.eq(v1), v3.eq(v2), first2.eq(first1), first3.eq(first2),
-                     dot.eq(sum(prod))]
+        m.d.sync += [v1.eq(0), vq.eq(v1), v2.eq(vq), v3.eq(v2),
+                     firstq.eq(first1), first2.eq(firstq), first3.eq(first2), dot.eq(sum(prod))]
         for r in range(R):
-            m.d.sync += prod[r].eq(q_rd.data.word_select(r, 8).as_signed() * khs_tile[r])
+            m.d.sync += [q_lane[r].eq(q_rd.data.word_select(r, 8).as_signed()),
+                         khs_lane[r].eq(khs_tile[r]), prod[r].eq(q_lane[r] * khs_lane[r])]
         with m.If(v3):
             m.d.sync += td.eq(Mux(first3, n_cd, td) + dot)
         # k^_sum is final once the bt = 0 passes of step 2 have left the operand stage.
@@ -612,7 +633,7 @@ class VitalityCore(wiring.Component):
                 with m.Else():
                     m.d.sync += d_at.eq(d_at + 1)
             with m.State("SUM"):
-                with m.If(~v1 & ~v2 & ~v3):
+                with m.If(~v1 & ~vq & ~v2 & ~v3):
                     m.next = "SEND"
             with m.State("SEND"):
                 clamped = td <= 0
