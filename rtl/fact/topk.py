@@ -1,4 +1,4 @@
-"""Streaming top-k: a sorted register array that takes one (score, index) per cycle.
+"""Streaming top-k: a sorted register array that takes one (score, index) every other cycle.
 
 ``k_max`` entries, kept sorted by descending score. An insert compares the new score with every
 entry at once (``k_max`` comparators, no loop-carried chain): ``stay[e] = valid[e] & score[e] >=
@@ -7,12 +7,19 @@ new``. Because the array is sorted, ``stay`` is a prefix; entry ``e`` keeps its 
 ``e - 1`` (a shift down) after it; the last entry falls out. Keys arrive in increasing index
 order, so ``>=`` lets an earlier (lower) index win a tie, as the golden model's stable sort does.
 
+Pipeline: the element is registered on ``insert`` (a private copy of the score, so the engine's
+output register does not fan out to ``k_max`` comparators), compared in the next cycle (``stay``
+registered), and written in the cycle after. Done in one cycle, the ~50-bit compare, the
+prefix decode and the enables of every entry's flip-flops were the FACT unit's ULX3S critical
+path (13.6 ns). The array a compare reads must already hold the previous element, so inserts
+must be at least :attr:`MIN_SPACING` cycles apart; ``busy`` is high while an element is in flight.
+
 The run-time ``k`` (<= ``k_max``) is applied by the reader, who takes entries ``0 .. k-1``; the
 unit always keeps ``k_max`` so the one-hot rule can compare entries 0 and 1 even for ``k = 1``.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, signed, unsigned
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -20,8 +27,14 @@ __all__ = ["TopKSorter"]
 
 
 class TopKSorter(wiring.Component):
-    """Ports: ``clear`` (empties the array), ``insert`` / ``in_score`` / ``in_index`` (one
-    element per cycle), and the sorted ``score``, ``index``, ``valid`` arrays (registered)."""
+    """Ports: ``clear`` (empties the array, drops an element in flight), ``insert`` /
+    ``in_score`` / ``in_index`` (one element, at most every :attr:`MIN_SPACING` cycles), ``busy``
+    and the sorted ``score``, ``index``, ``valid`` arrays (registered)."""
+
+    #: Cycles from one ``insert`` to the next, at least.
+    MIN_SPACING = 2
+    #: Cycles from ``insert`` until the element is in the arrays (``busy`` meanwhile).
+    LATENCY = 3
 
     def __init__(self, k_max: int, score_width: int, index_width: int):
         for name, value in (("k_max", k_max), ("score_width", score_width),
@@ -32,6 +45,7 @@ class TopKSorter(wiring.Component):
         super().__init__({
             "clear": In(1), "insert": In(1),
             "in_score": In(signed(score_width)), "in_index": In(unsigned(index_width)),
+            "busy": Out(1),
             "score": Out(data.ArrayLayout(signed(score_width), k_max)),
             "index": Out(data.ArrayLayout(unsigned(index_width), k_max)),
             "valid": Out(data.ArrayLayout(unsigned(1), k_max)),
@@ -40,15 +54,29 @@ class TopKSorter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         K = self.k_max
-        stay = [self.valid[e] & (self.score[e] >= self.in_score) for e in range(K)]
+        # stage 1: the element
+        new_valid = Signal()
+        new_score, new_index = Signal.like(self.in_score), Signal.like(self.in_index)
+        m.d.sync += [new_valid.eq(self.insert & ~self.clear)]
+        with m.If(self.insert):
+            m.d.sync += [new_score.eq(self.in_score), new_index.eq(self.in_index)]
+        # stage 2: which entries stay
+        put_valid = Signal()
+        put_score, put_index = Signal.like(self.in_score), Signal.like(self.in_index)
+        stay = Signal(K)
+        m.d.sync += [put_valid.eq(new_valid & ~self.clear), put_score.eq(new_score),
+                     put_index.eq(new_index),
+                     stay.eq(Cat(*[self.valid[e] & (self.score[e] >= new_score) for e in range(K)]))]
+        m.d.comb += self.busy.eq(new_valid | put_valid)
+        # stage 3: write
         with m.If(self.clear):
             for e in range(K):
                 m.d.sync += self.valid[e].eq(0)
-        with m.Elif(self.insert):
+        with m.Elif(put_valid):
             for e in range(K):
                 take_new = ~stay[e] if e == 0 else (stay[e - 1] & ~stay[e])
                 with m.If(take_new):
-                    m.d.sync += [self.score[e].eq(self.in_score), self.index[e].eq(self.in_index),
+                    m.d.sync += [self.score[e].eq(put_score), self.index[e].eq(put_index),
                                  self.valid[e].eq(1)]
                 if e > 0:
                     with m.Elif(~stay[e]):

@@ -199,9 +199,12 @@ def expected_compute_cycles(cfg: Config, n: int, d_model: int) -> int:
     rw, hw = d_model // cfg.lanes, d // cfg.lanes
     levels = max(cfg.lanes - 1, 0).bit_length()
     proj_drain = 9 + levels        # read, codes, shift, negate, tree, accumulate, bias read, bias register, saturate
-    score_drain = 6 + levels       # read, codes, shift, negate, tree, accumulate
+    # read, codes, shift, negate, tree, accumulate; then the top-k's element and compare stages
+    score_drain = 6 + levels + 2
     projections = 1 + n * d * rw + proj_drain                # HEAD, PROJECT, PROJECT_DRAIN
-    row = 1 + n * hw + score_drain + 2 + cfg.k               # ROW, SCORE, DECIDE x2, SELECT
+    # the sorter takes a key every other cycle at most: one-word keys leave a gap after each
+    score = n * hw if hw > 1 else 2 * n - 1
+    row = 1 + score + score_drain + 2 + cfg.k                # ROW, SCORE, DECIDE x2, SELECT
     return cfg.heads * (projections + n * row + 1) + 4 * n + 1   # + KEEP per head, IMPORTANCE
 
 
