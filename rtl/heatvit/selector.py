@@ -733,17 +733,20 @@ class Selector(wiring.Component):
             with m.If(pk2_c == D - 1):
                 m.d.sync += p_first.eq(0)
 
-        # global mean pipeline: GM1 the product gsum * rn (distributed-RAM read, one 18 x 18
-        # multiply) in a register, GM2 the RHU rounding; saturation and the write follow GM2
-        gm1_v, gm2_v = Signal(), Signal()
-        gm1_i, gm2_i = Signal(range(d // 2)), Signal(range(d // 2))
+        # global mean pipeline: GM0 the distributed-RAM read of gsum, GM1 the product gsum * rn
+        # (one 18 x 18 multiply), GM2 the RHU rounding; saturation and the write follow GM2.
+        # (Read and multiply in one cycle were the ULX3S critical path at 61.8 MHz.)
+        gm0_v, gm1_v, gm2_v = Signal(), Signal(), Signal()
+        gm0_i, gm1_i, gm2_i = (Signal(range(d // 2)) for _ in range(3))
         gm_s = Signal(signed(gsum_w))
+        gm0_s = Signal(signed(gsum_w))
         gm1_p = Signal((gm_s * rn).shape())
         gm_round = (gm1_p + (1 << (RN_FRAC - 1))) >> RN_FRAC
         gm2_r = Signal(gm_round.shape())
         gq = Signal(signed(8))
         m.d.comb += gq.eq(Mux(gm2_r > 127, 127, Mux(gm2_r < -128, -128, gm2_r)))
-        m.d.sync += [gm1_v.eq(0),                  # overridden while GMEAN issues
+        m.d.sync += [gm0_v.eq(0),                  # overridden while GMEAN issues
+                     gm1_v.eq(gm0_v), gm1_i.eq(gm0_i), gm1_p.eq(gm0_s * rn),
                      gm2_v.eq(gm1_v), gm2_i.eq(gm1_i), gm2_r.eq(gm_round)]
 
         # ---- the sequencer ----------------------------------------------------------------------
@@ -885,8 +888,8 @@ class Selector(wiring.Component):
                 m.d.comb += [gsum_rd[0].addr.eq(g_idx >> 1), gsum_rd[1].addr.eq(g_idx >> 1),
                              gm_s.eq(Mux(g_idx[0], gsum_rd[1].data, gsum_rd[0].data))]
                 with m.If(g_idx < d // 2):
-                    m.d.sync += [gm1_v.eq(1), gm1_i.eq(g_idx), g_idx.eq(g_idx + 1),
-                                 gm1_p.eq(gm_s * rn)]
+                    m.d.sync += [gm0_v.eq(1), gm0_i.eq(g_idx), g_idx.eq(g_idx + 1),
+                                 gm0_s.eq(gm_s)]
                 with m.If(gm2_v):
                     m.d.comb += [act_wa[0].eq(P.act["G"] + gm2_i), act_wd[0].eq(gq),
                                  act_we[0].eq(1)]
