@@ -8,8 +8,8 @@ the restored vector. Encoder ``z = requantize(enc_w @ x + enc_b, enc)`` and deco
 ports (static during a run, as the weights of a layer are). The encoder and the decoder are
 each a row of ``h' x h`` (``h x h'``) multipliers feeding a shared
 :class:`~vitaccel.rtl.common.requant.Requantizer`, so the engine takes one vector per cycle;
-the two requantisers are the only pipeline registers (latency 2 x 4 cycles) and carry the
-stream's back-pressure.
+the two requantisers are the only pipeline registers (latency 2 x ``Requantizer.LATENCY`` = 10
+cycles) and carry the stream's back-pressure.
 """
 from __future__ import annotations
 
