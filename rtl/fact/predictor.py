@@ -40,6 +40,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.golden.fact import acc_bits, score_bits
+from vitaccel.rtl.common.banked import BankedMemory
 
 from .codes import code_layout, encode
 from .dot import LODotEngine
@@ -124,23 +125,25 @@ class FACTPredictor(wiring.Component):
         rw_max, hw_max = self.row_words_max, self.head_words_max
 
         # --- buffers --------------------------------------------------------------------------
-        m.submodules.x_mem = x_mem = Memory(shape=unsigned(P * w8), depth=self.n_max * rw_max, init=[])
-        m.submodules.wq_mem = wq_mem = Memory(shape=unsigned(P * w8), depth=self.d_model_max * rw_max, init=[])
-        m.submodules.wk_mem = wk_mem = Memory(shape=unsigned(P * w8), depth=self.d_model_max * rw_max, init=[])
+        # The engines' operand buffers answer in BankedMemory.LATENCY = 2 cycles: each block RAM
+        # output is registered beside its block before the depth multiplexer (see banked.py).
+        m.submodules.x_mem = x_mem = BankedMemory(P * w8, self.n_max * rw_max, granularity=w8)
+        m.submodules.wq_mem = wq_mem = BankedMemory(P * w8, self.d_model_max * rw_max, granularity=w8)
+        m.submodules.wk_mem = wk_mem = BankedMemory(P * w8, self.d_model_max * rw_max, granularity=w8)
         m.submodules.bq_mem = bq_mem = Memory(shape=signed(32), depth=self.d_model_max, init=[])
         m.submodules.bk_mem = bk_mem = Memory(shape=signed(32), depth=self.d_model_max, init=[])
-        m.submodules.k_mem = k_mem = Memory(shape=unsigned(P * ww), depth=self.n_max * hw_max, init=[])
-        m.submodules.q_mem = q_mem = Memory(shape=unsigned(P * ww), depth=self.n_max * hw_max, init=[])
+        m.submodules.k_mem = k_mem = BankedMemory(P * ww, self.n_max * hw_max, granularity=ww)
+        m.submodules.q_mem = q_mem = BankedMemory(P * ww, self.n_max * hw_max, granularity=ww)
         count_width = (H * self.n_max).bit_length()
         m.submodules.imp_mem = imp_mem = Memory(shape=unsigned(count_width), depth=self.n_max, init=[])
 
-        x_wr, x_rd = x_mem.write_port(granularity=w8), x_mem.read_port()
-        wq_wr, wq_rd = wq_mem.write_port(granularity=w8), wq_mem.read_port()
-        wk_wr, wk_rd = wk_mem.write_port(granularity=w8), wk_mem.read_port()
+        x_wr, x_rd = x_mem.write, x_mem.read
+        wq_wr, wq_rd = wq_mem.write, wq_mem.read
+        wk_wr, wk_rd = wk_mem.write, wk_mem.read
         bq_wr, bq_rd = bq_mem.write_port(), bq_mem.read_port()
         bk_wr, bk_rd = bk_mem.write_port(), bk_mem.read_port()
-        k_wr, k_rd = k_mem.write_port(granularity=ww), k_mem.read_port()
-        q_wr, q_rd = q_mem.write_port(granularity=ww), q_mem.read_port()
+        k_wr, k_rd = k_mem.write, k_mem.read
+        q_wr, q_rd = q_mem.write, q_mem.read
         # Not transparent: the read-modify-write below never reads an address within two cycles
         # of writing it (the keys of a row are distinct, and rows are >= 10 cycles apart), and a
         # bypass mux would lengthen the block RAM output path, the slowest path of the unit.
@@ -220,10 +223,14 @@ class FACTPredictor(wiring.Component):
         iss_valid = Signal()          # issue this cycle (memory addresses presented)
         iss_first, iss_last = Signal(), Signal()
         iss_tag = Signal(proj_tag)
+        # the issue's flags and tag, delayed to meet the operands (BankedMemory.LATENCY cycles)
+        rd_valid, rd_first, rd_last, rd_tag = Signal(), Signal(), Signal(), Signal(proj_tag)
         d_valid, d_first, d_last_beat = Signal(), Signal(), Signal()
         d_tag = Signal(proj_tag)
-        m.d.sync += [d_valid.eq(iss_valid), d_first.eq(iss_first), d_last_beat.eq(iss_last),
-                     d_tag.eq(iss_tag)]
+        m.d.sync += [rd_valid.eq(iss_valid), rd_first.eq(iss_first), rd_last.eq(iss_last),
+                     rd_tag.eq(iss_tag),
+                     d_valid.eq(rd_valid), d_first.eq(rd_first), d_last_beat.eq(rd_last),
+                     d_tag.eq(rd_tag)]
         for engine, w_rd in ((proj_q, wq_rd), (proj_k, wk_rd)):
             m.d.comb += [
                 engine.in_valid.eq(d_valid), engine.in_first.eq(d_first),
@@ -256,7 +263,7 @@ class FACTPredictor(wiring.Component):
             m.d.comb += [wr.addr.eq(r2_tag.waddr), wr.data.eq(Cat(*[code.as_value()] * P))]
             with m.If(r2_valid):
                 m.d.comb += wr.en.eq(1 << r2_tag.lane)
-        proj_busy = d_valid | proj_q.active | r1_valid | rb_valid | r2_valid
+        proj_busy = rd_valid | d_valid | proj_q.active | r1_valid | rb_valid | r2_valid
 
         # --- score engine: LO(Q~) . LO(K~)^T into the top-k ----------------------------------
         m.submodules.score = score = LODotEngine(P, self.qk_bits, self.qk_bits, MB,
@@ -265,9 +272,13 @@ class FACTPredictor(wiring.Component):
                                               max(self.n_max - 1, 1).bit_length())
         s_iss_valid, s_iss_first, s_iss_last = Signal(), Signal(), Signal()
         s_iss_key = Signal(range(self.n_max))
+        s_rd_valid, s_rd_first, s_rd_last, s_rd_key = (Signal(), Signal(), Signal(),
+                                                       Signal.like(s_iss_key))
         s_d_valid, s_d_first, s_d_last, s_d_key = Signal(), Signal(), Signal(), Signal.like(s_iss_key)
-        m.d.sync += [s_d_valid.eq(s_iss_valid), s_d_first.eq(s_iss_first),
-                     s_d_last.eq(s_iss_last), s_d_key.eq(s_iss_key)]
+        m.d.sync += [s_rd_valid.eq(s_iss_valid), s_rd_first.eq(s_iss_first),
+                     s_rd_last.eq(s_iss_last), s_rd_key.eq(s_iss_key),
+                     s_d_valid.eq(s_rd_valid), s_d_first.eq(s_rd_first),
+                     s_d_last.eq(s_rd_last), s_d_key.eq(s_rd_key)]
         m.d.comb += [
             score.in_valid.eq(s_d_valid), score.in_first.eq(s_d_first),
             score.in_last.eq(s_d_last), score.in_tag.eq(s_d_key),
@@ -275,7 +286,7 @@ class FACTPredictor(wiring.Component):
             topk.insert.eq(score.out_valid), topk.in_score.eq(score.out_sum),
             topk.in_index.eq(score.out_tag),
         ]
-        score_busy = s_d_valid | score.active | topk.busy
+        score_busy = s_rd_valid | s_d_valid | score.active | topk.busy
 
         # --- loop counters --------------------------------------------------------------------
         head = Signal(range(H))

@@ -198,9 +198,11 @@ def expected_compute_cycles(cfg: Config, n: int, d_model: int) -> int:
     d = d_model // cfg.heads
     rw, hw = d_model // cfg.lanes, d // cfg.lanes
     levels = max(cfg.lanes - 1, 0).bit_length()
-    proj_drain = 9 + levels        # read, codes, shift, negate, tree, accumulate, bias read, bias register, saturate
-    # read, codes, shift, negate, tree, accumulate; then the top-k's element and compare stages
-    score_drain = 6 + levels + 2
+    # read (2: banked buffers), codes, shift, negate, tree, accumulate, bias read, bias register,
+    # saturate
+    proj_drain = 10 + levels
+    # read (2), codes, shift, negate, tree, accumulate; then the top-k's element and compare stages
+    score_drain = 7 + levels + 2
     projections = 1 + n * d * rw + proj_drain                # HEAD, PROJECT, PROJECT_DRAIN
     # the sorter takes a key every other cycle at most: one-word keys leave a gap after each
     score = n * hw if hw > 1 else 2 * n - 1

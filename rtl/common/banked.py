@@ -1,0 +1,90 @@
+"""A memory split in depth into block-RAM-sized banks, each bank's output in its own register.
+
+ECP5 block RAMs (DP16KD) are used without their output register (yosys does not infer it), so a
+read returns 5.8 ns after the clock edge; a memory deeper than one block RAM also gets a depth
+multiplexer, and its blocks sit wherever the placer finds room. Block RAM -> routing -> depth mux
+-> consumer register was the FACT unit's ULX3S critical path (13.7 ns, 5.2 ns of it routing from
+a distant block). Here every bank's data goes first into a register that has that bank as its
+only source (so it can sit beside it), and the depth multiplexer works on those registers in the
+next cycle.
+
+Ports (one write, one read, both in the ``sync`` domain)::
+
+    write.addr, write.data, write.en   as amaranth.lib.memory write ports (``en`` per granule)
+    read.addr  -> read.data            LATENCY = 2 cycles later (the address of cycle t is
+                                       answered in cycle t + 2; no read enable, no bypass)
+
+A read and a write of the same address in one cycle return the old data (as a non-transparent
+Memory read port).
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Array, Module, Mux, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+__all__ = ["BankedMemory"]
+
+
+class BankedMemory(wiring.Component):
+    """``depth`` words of ``width`` bits in banks of ``bank_depth`` words (a power of two).
+
+    ``granularity`` is the write-enable granule in bits (``width`` by default).
+    ``bank_depth`` defaults to 512, one DP16KD deep in its widest (36-bit) mode.
+    """
+
+    LATENCY = 2
+
+    def __init__(self, width: int, depth: int, granularity: int | None = None,
+                 bank_depth: int = 512):
+        granularity = width if granularity is None else granularity
+        self._MustUse__used = True     # a rejected construction is not an unused design
+        for name, value in (("width", width), ("depth", depth), ("granularity", granularity),
+                            ("bank_depth", bank_depth)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"BankedMemory.{name} must be a positive integer, got {value!r}")
+        if width % granularity:
+            raise ValueError(f"BankedMemory.granularity {granularity} does not divide "
+                             f"width {width}")
+        if bank_depth & (bank_depth - 1):
+            raise ValueError(f"BankedMemory.bank_depth must be a power of two, got {bank_depth}")
+        self._MustUse__used = False    # accepted: warn again if it is never elaborated
+        self.width, self.depth, self.granularity = width, depth, granularity
+        self.bank_depth = min(bank_depth, 1 << ceil_log2(depth))
+        self.banks = -(-depth // self.bank_depth)
+        super().__init__({
+            "write": In(wiring.Signature({
+                "addr": Out(range(depth)), "data": Out(unsigned(width)),
+                "en": Out(unsigned(width // granularity))})),
+            "read": In(wiring.Signature({
+                "addr": Out(range(depth)), "data": In(unsigned(width))})),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        lo = ceil_log2(self.bank_depth)
+        bank_data = []
+        for b in range(self.banks):
+            words = min(self.bank_depth, self.depth - b * self.bank_depth)
+            m.submodules[f"bank{b}"] = mem = Memory(shape=unsigned(self.width), depth=words,
+                                                    init=[])
+            wr = mem.write_port(granularity=self.granularity)
+            rd = mem.read_port()
+            hit = (self.write.addr >> lo) == b
+            m.d.comb += [wr.addr.eq(self.write.addr[:lo]), wr.data.eq(self.write.data),
+                         wr.en.eq(Mux(hit, self.write.en, 0)),
+                         rd.addr.eq(self.read.addr[:lo])]
+            data = Signal(unsigned(self.width), name=f"bank{b}_data")
+            m.d.sync += data.eq(rd.data)
+            bank_data.append(data)
+        if self.banks == 1:
+            m.d.comb += self.read.data.eq(bank_data[0])
+        else:
+            # the bank of the address in flight, aligned with the block RAM read and the register
+            sel1 = Signal(range(self.banks))
+            sel2 = Signal(range(self.banks))
+            m.d.sync += [sel1.eq(self.read.addr >> lo), sel2.eq(sel1)]
+            m.d.comb += self.read.data.eq(Array(bank_data)[sel2])
+        return m
