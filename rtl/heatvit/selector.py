@@ -305,6 +305,11 @@ class Selector(wiring.Component):
         m.submodules.div = div = Divider(num_width=26, den_width=16, out_width=10, out_signed=False)
         m.submodules.rq_pkg = rq_pkg = Requantizer(1, in_width=32, out_width=8,
                                                    multiplier_bits=PKG_FRAC + 2)
+        # The package sums reach the requantiser through a register slice: the accumulator RAM's
+        # read (address mux, distributed-RAM depth mux) straight into the requantiser's input
+        # register was the ULX3S critical path at 63.4 MHz.
+        m.submodules.pkg_skid = pkg_skid = SkidBuffer(rq_pkg.i.payload.shape())
+        wiring.connect(m, pkg_skid.o, rq_pkg.i)
 
         # ---- run state ---------------------------------------------------------------------------
         n = Signal(range(n_max + 1))
@@ -1029,13 +1034,13 @@ class Selector(wiring.Component):
                 with m.Else():
                     m.next = "OUT_PKG"
             with m.State("OUT_PKG"):
-                m.d.comb += [rq_pkg.i.payload[0].eq(acc_rd.data),
-                             rq_pkg.i.valid.eq(pkg_sent < D)]
+                m.d.comb += [pkg_skid.i.payload[0].eq(acc_rd.data),
+                             pkg_skid.i.valid.eq(pkg_sent < D)]
                 if self.normalize_package:
                     m.d.comb += [rq_pkg.multiplier.eq(pkg_r), rq_pkg.shift.eq(PKG_FRAC)]
                 else:
                     m.d.comb += [rq_pkg.multiplier.eq(1), rq_pkg.shift.eq(8)]
-                with m.If(rq_pkg.i.ready & (pkg_sent < D)):
+                with m.If(pkg_skid.i.ready & (pkg_sent < D)):
                     m.d.sync += [out_c.eq(out_c + 1), pkg_sent.eq(pkg_sent + 1)]
                 m.d.comb += [tok_out.valid.eq(rq_pkg.o.valid),
                              tok_out.payload.eq(rq_pkg.o.payload[0]),
