@@ -3,6 +3,8 @@
 Amaranth simulator on small configs (every test seeded, stalls always on); Verilator runs of the
 same unit (slow: the first C++ build takes about a minute, cached afterwards)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -92,8 +94,8 @@ def spmm_schedule(cnt, f, dgroups, lines_s):
     the Sparser engine streams its (entry, chunk) pairs in row order, ``w = min(lines_s, f)``
     per cycle, running on into the next row (a short tail waits for that row's bank, unless
     there is no next row to pack with); an empty row passes in one cycle. A row's done flags
-    are seen 6 cycles after its last issue; the hand-off then takes one cycle."""
-    n, w, pipe = len(cnt), min(lines_s, f), 6
+    are seen 8 cycles after its last issue; the hand-off then takes one cycle."""
+    n, w, pipe = len(cnt), min(lines_s, f), 8
     y = dgi = dc = xa = p = c0 = hand = 0
     pend, done_d, done_s = int(cnt[0]), {}, {}
     t = spmm = busy_d = busy_s = 0
@@ -145,7 +147,7 @@ def test_cycle_counts_rows_back_to_back(globals_):
     assert (hd["lines_d"], hd["lines_s"]) == (ld, ls) and cm.g >= 1 and ld <= cm.g
     f, dg, cnt = d, -(-cm.g // ld), np.diff(cm.row_ptr)
     spmm, busy_d, busy_s = spmm_schedule(cnt, f, dg, ls)
-    assert hd["spmm_cycles"] == spmm == [138, 242][globals_ == 3]
+    assert hd["spmm_cycles"] == spmm == [152, 244][globals_ == 3]
     assert hd["dense_busy"] == dg * n * f + busy_d == 2 * dg * n * f
     assert hd["sparse_busy"] == f * -(-cm.nnz // ls) + busy_s
     if (cnt > 0).all():
@@ -161,6 +163,21 @@ def test_n_not_a_multiple_of_lines(n, lines, macs, d):
     mask[0, :, 0] = False
     mask[0, 0, :] = False
     check(cfg, {**qkv(rng, 1, n, d), "mask": mask}, stalls=n + lines)
+
+
+@pytest.mark.parametrize("d,macs", [(1, 1), (3, 3), (4, 1)])
+def test_sparse_row_max_updates_of_one_row_back_to_back(d, macs):
+    """Row 0 in every sparse column (and every row in column 0): with one chunk per dot product
+    the sparse writer updates row 0's maximum on consecutive cycles, which only the row-max
+    read-modify-write's forwarding of the previous update gets right."""
+    n = 9
+    rng = np.random.default_rng(n + d)
+    keep = np.zeros((1, n, n), dtype=bool)
+    keep[0, 0, :] = True
+    keep[0, :, 0] = True
+    keep[0, 3, 5] = keep[0, 7, 2] = True
+    cfg = dataclasses.replace(SMALL, theta_d=n + 1, macs_per_line=macs)
+    check(cfg, {**qkv(rng, 1, n, d), "mask": ~keep}, stalls=False)
 
 
 def test_extreme_values_and_flat_softmax():

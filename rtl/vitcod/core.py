@@ -54,24 +54,38 @@ Phases (one command):
    leave no line idle. A short tail waits (no issue) until row B's bank is free, unless there
    is no row B to pack with (last row, or an empty row next: then the cycle issues fewer
    pairs); an empty row passes in one cycle. A row is handed off once both engines' last ops for
-   it have been added (a done bit per bank and engine, set 6 cycles after the engine's last
+   it have been added (a done bit per bank and engine, set 8 cycles after the engine's last
    issue for the row); the hand-off copies and clears the bank and opens it for row x + 2.
    The cycle model of this schedule is ``spmm_schedule`` in ``tests/test_vitcod_rtl.py``.
+   The issue decisions of both engines come from registers only (the Sparser engine keeps
+   the entries left in its row and prefetches the counts of the next two rows).
 4. NORMALISE (overlapped with the next rows): ``l = l_dense + l_sparse`` and ``acc_dense +
    acc_sparse`` merged once into one of ``normalisers`` slots (round-robin), each with its own
    :class:`~vitaccel.rtl.common.divider.Reciprocal` (iterative, ~37 cycles); the slots feed, in
-   row order, one product stage ``acc * r`` and a
+   row order, the product ``acc * r`` (three stages: chunk selection, partial products of
+   17-bit pieces of ``acc``, their sum) and a
    :class:`~vitaccel.rtl.common.requant.Requantizer` to int8 on ``out`` (``chunks`` beats per
    row, one per cycle).
 
-Errors (``error`` bits): ``ERR_BAD_CMD`` (sticky until reset) a command outside the
-configured limits (index-buffer overflow included) is rejected without consuming data and the
-core returns to idle, so it never hangs; the content errors below are per command (cleared when
-the next command is accepted): ``ERR_CSC`` malformed CSC (``col_ptr[0]
-!= 0``, non-monotone ``col_ptr``, ``col_ptr[-1] != nnz``, entries past the last column);
-``ERR_INDEX_RANGE`` an index out of range (row or column >= N, a bank/word outside the score
-buffer, row counts not summing to nnz). Content errors do not stop the core: every loop is
-bounded by the command's sizes, addresses are clamped, and the (meaningless) output is produced.
+Line pipeline (per line; phase 1 = SDDMM, phase 2 = SpMM): issue (index, score and row-max
+reads) -> stage 1 (phase 1: Q/K addresses; phase 2: the lane's t and both engines' row maxima
+selected) -> phase 1: stage 1b (Q/K read) | phase 2: stage 2a (``m`` = max of the maxima,
+``x = m - t``, exp-LUT address, V address) and stage 2b (LUT value shifted by ``x >> T_FRAC``;
+V read) -> stage 2 (operands: Q and K, or the rounded ``e`` and V) -> stage 3 (products) ->
+stage 4 (lane tree / cross-line sums) -> stage 5 (accumulate). The stages are cut so that a
+path holds about one block-RAM read, multiplier or wide adder plus a few LUT levels (ECP5
+timing).
+
+Errors (``error`` bits): ``ERR_BAD_CMD`` (sticky until reset) a command outside the configured
+limits (index-buffer overflow included) is rejected without consuming data and the core returns
+to idle, so it never hangs (a command is registered when taken and accepted or rejected three
+cycles later, from registered products and checks of its fields); the content errors below are
+per command (cleared when the next command is accepted): ``ERR_CSC`` malformed CSC
+(``col_ptr[0] != 0``, non-monotone ``col_ptr``, ``col_ptr[-1] != nnz``, entries past the last
+column); ``ERR_INDEX_RANGE`` an index out of range (row or column >= N, a bank/word outside the
+score buffer, row counts not summing to nnz). Content errors do not stop the core: every loop
+is bounded by the command's sizes, addresses are clamped, and the (meaningless) output is
+produced.
 
 Efficiency limits (measured in ``benchmarks/results/vitcod.md``): the Denser engine holds one
 global key per line, so the host never gives it more lines than G
@@ -84,8 +98,9 @@ it idles lines only in the cycle before an empty row and in the very last cycle;
 ``lines_s > chunks`` (small d) it uses only ``chunks`` lines per cycle. Time, not issue
 efficiency: with two accumulator banks the engines can drift apart by one row only, so a row
 much longer for one engine (the CLS row: ~200 sparse entries) stalls the other; more banks
-would recover part of it (cycle model on the 36 DeiT-Tiny heads: SpMM 130.6k cycles with 2
-banks, 129.1k with 4, 119.0k unbounded), at 64 x 32-bit accumulators plus adders per bank.
+would recover part of it (cycle model on the 36 DeiT-Tiny heads: SpMM 133.3k cycles with 2
+banks, 129.2k with 4, 118.9k unbounded; 130.6k with 2 banks before phase 2 got its two extra
+stages), at 64 x 32-bit accumulators plus adders per bank.
 
 Choices an FPGA engineer would make and the spec leaves open: exact row max (a read pass over
 the stored scores, cheaper than recomputing SDDMM); the row-order permutation precomputed
@@ -211,16 +226,30 @@ class VitCoDCore(wiring.Component):
         dgroups = Signal(range(self.dense_groups_max + 1))
         s_period = Signal(range(max(FM, L) + 1))       # cycles per sparse SDDMM group
         ncols = Signal(range(NM + 1))                  # sparse columns N - G
-        cmd = self.cmd.payload
+        # the last chunk and row indices, registered with the command so that the loop ends
+        # compare against a register, not through a subtraction
+        f_last = Signal(range(FM))                     # chunks - 1
+        n_last = Signal(range(NM))                     # n - 1
+        # The command is registered when taken, its products one cycle later, the check
+        # (cmd_ok) one more cycle later, and only then is it accepted: the check of the raw
+        # stream payload (16 x 16 products, comparators) fanned out into the enables of every
+        # command register in one cycle, a 17-18 ns path.
+        cmd = Signal(cmd_layout())
+        cmd_cover = Signal(2 * CMD_FIELD_BITS)         # dense_groups * lines_d
+        cmd_dv_total = Signal(2 * CMD_FIELD_BITS)      # dense_groups * n: validity words
+        cmd_out_total = Signal(2 * CMD_FIELD_BITS)     # n * chunks: output beats
+        m.d.sync += [cmd_cover.eq(cmd.dense_groups * cmd.lines_d),
+                     cmd_dv_total.eq(cmd.dense_groups * cmd.n),
+                     cmd_out_total.eq(cmd.n * cmd.chunks)]
         cmd_ok = Signal()
-        m.d.comb += cmd_ok.eq(
+        m.d.sync += cmd_ok.eq(
             (cmd.n >= 1) & (cmd.n <= NM) & (cmd.chunks >= 1) & (cmd.chunks <= FM)
             & (cmd.g <= cmd.n) & (cmd.g <= self.g_max) & (cmd.nnz <= self.nnz_max)
             & (cmd.lines_d <= L)
+            # dense_groups == ceil(g / lines_d): cover >= g > (dense_groups - 1) * lines_d
             & Mux(cmd.g == 0, cmd.dense_groups == 0,
                   (cmd.lines_d >= 1) & (cmd.dense_groups <= self.dense_groups_max)
-                  & (cmd.dense_groups * cmd.lines_d >= cmd.g)
-                  & ((cmd.dense_groups - 1) * cmd.lines_d < cmd.g))
+                  & (cmd_cover >= cmd.g) & (cmd_cover < cmd.g + cmd.lines_d))
             & ((cmd.nnz == 0) | (cmd.lines_d < L)))
 
         error = Signal(3)
@@ -317,9 +346,9 @@ class VitCoDCore(wiring.Component):
                          port.ready.eq(loading & ~done)]
             with m.If(port.valid & port.ready):
                 m.d.comb += wr.en.eq(1)
-                with m.If(chunk == f - 1):
+                with m.If(chunk == f_last):
                     m.d.sync += [chunk.eq(0), base.eq(base + FM), row.eq(row + 1)]
-                    with m.If(row == n - 1):
+                    with m.If(row == n_last):
                         m.d.sync += done.eq(1)
                 with m.Else():
                     m.d.sync += chunk.eq(chunk + 1)
@@ -334,22 +363,42 @@ class VitCoDCore(wiring.Component):
         dv_done = Signal()
         m.d.comb += [dv_wr.addr.eq(dv_addr), dv_wr.data.eq(self.dense_valid.payload),
                      self.dense_valid.ready.eq(loading & ~dv_done)]
-        dv_total = Signal(range(self.dense_depth + 1))
+        dv_last = Signal(range(self.dense_depth + 1))   # dgroups * n - 1 (if not empty)
         with m.If(self.dense_valid.valid & self.dense_valid.ready):
             m.d.comb += dv_wr.en.eq(1)
             m.d.sync += dv_addr.eq(dv_addr + 1)
-            with m.If(dv_addr + 1 == dv_total):
+            with m.If(dv_addr == dv_last):
                 m.d.sync += dv_done.eq(1)
 
         # index sections and the CSC walker
         SEC_GLOB, SEC_SCOL, SEC_CPTR, SEC_ENTRY, SEC_CNT, SEC_DONE = range(6)
         sec = Signal(range(6))
         sec_i = Signal(16)                  # word within the section
-        sec_len = Signal(17)
+        # the section's last word index (length - 1) and emptiness, registered when the section
+        # begins: the length mux, the subtraction and the compare in the stream's accept path
+        # were a 13.5 ns path
+        sec_last = Signal(17)
+        sec_empty = Signal()
+        sec_open = Signal()                 # sec != SEC_DONE and not empty: may take words
+        in_entry = Signal()                 # sec == SEC_ENTRY
         word = self.index.payload
         cptr_prev = Signal(16)
         walk_col = Signal(range(NM + 1))    # current sparse column of the walker
+        walk_more = Signal()                # walk_col + 1 < ncols (a register, as col_end)
+        # col_ptr[walk_col + 1], kept in a register (taken from the stream for column 0, then
+        # prefetched from the buffer): the buffer read, the compare and the stream's ready in
+        # one cycle were a 16 ns path
+        col_end = Signal(16)
         cnt_sum = Signal(range(self.nnz_max * 2 + NM * 65536))
+        # the first three row counts, kept for the start of the SpMM walk (which prefetches the
+        # later ones from the row-count buffer, two rows ahead); zero past N
+        cnt_first = [Signal(CMD_FIELD_BITS, name=f"cnt_first{i}") for i in range(3)]
+        # the row maxima of row sec_i are cleared while its count loads, one cycle after the
+        # word (the write port's enable straight from the stream's accept was a 13.2 ns path)
+        clear_max = Signal()
+        clear_max_v = Signal()
+        clear_max_row = Signal(CB)
+        m.d.sync += [clear_max_v.eq(clear_max), clear_max_row.eq(sec_i)]
         m.d.comb += [
             glob_wr.addr.eq(sec_i), glob_wr.data.eq(word),
             scol_wr.addr.eq(sec_i), scol_wr.data.eq(word),
@@ -358,36 +407,39 @@ class VitCoDCore(wiring.Component):
             ent_wr.addr.eq(sec_i), ent_wr.data.row.eq(word[:8]),
             pos_wr.addr.eq(sec_i), pos_wr.data.word.eq(word[8:24]),
             pos_wr.data.bank.eq(word[24:32]),
-            cptr_rd.addr.eq(walk_col + 1),
+            cptr_rd.addr.eq(walk_col + 2),
             scol_rd.addr.eq(walk_col),
             ent_wr.data.col.eq(scol_rd.data),
         ]
+        next_len = Signal(17)               # length of the next section
         with m.Switch(sec):
             with m.Case(SEC_GLOB):
-                m.d.comb += sec_len.eq(g)
+                m.d.comb += next_len.eq(ncols)
             with m.Case(SEC_SCOL):
-                m.d.comb += sec_len.eq(ncols)
+                m.d.comb += next_len.eq(ncols + 1)
             with m.Case(SEC_CPTR):
-                m.d.comb += sec_len.eq(ncols + 1)
+                m.d.comb += next_len.eq(nnz)
             with m.Case(SEC_ENTRY):
-                m.d.comb += sec_len.eq(nnz)
-            with m.Case(SEC_CNT):
-                m.d.comb += sec_len.eq(n)
-        sec_empty = Signal()
-        m.d.comb += sec_empty.eq((sec != SEC_DONE) & (sec_len == 0))
+                m.d.comb += next_len.eq(n)
+        next_section = [sec.eq(sec + 1), sec_i.eq(0), sec_last.eq(next_len - 1),
+                        sec_empty.eq((next_len == 0) & (sec != SEC_CNT)),  # SEC_DONE: not empty
+                        sec_open.eq((next_len != 0) & (sec != SEC_CNT)),
+                        in_entry.eq(sec == SEC_CPTR)]
+        at_last = Signal()
+        m.d.comb += at_last.eq(sec_i == sec_last)
         # the walker: the entry at sec_i belongs to walk_col once sec_i < col_ptr[walk_col + 1]
         walk_step = Signal()
-        m.d.comb += walk_step.eq((sec == SEC_ENTRY) & (sec_i >= cptr_rd.data)
-                                 & (walk_col + 1 < ncols))
+        m.d.comb += walk_step.eq(in_entry & (sec_i >= col_end) & walk_more)
         accept = Signal()
         m.d.comb += [
-            self.index.ready.eq(loading & (sec != SEC_DONE) & ~sec_empty & ~walk_step),
+            self.index.ready.eq(loading & sec_open & ~walk_step),
             accept.eq(self.index.valid & self.index.ready),
         ]
         with m.If(loading & sec_empty):
-            m.d.sync += [sec.eq(sec + 1), sec_i.eq(0)]
+            m.d.sync += next_section
         with m.If(loading & walk_step):
-            m.d.sync += walk_col.eq(walk_col + 1)
+            m.d.sync += [walk_col.eq(walk_col + 1), col_end.eq(cptr_rd.data),
+                         walk_more.eq(walk_col + 2 < ncols)]
         with m.If(accept):
             with m.Switch(sec):
                 with m.Case(SEC_GLOB):
@@ -401,8 +453,10 @@ class VitCoDCore(wiring.Component):
                 with m.Case(SEC_CPTR):
                     m.d.comb += cptr_wr.en.eq(1)
                     m.d.sync += cptr_prev.eq(word)
+                    with m.If(sec_i == 1):
+                        m.d.sync += col_end.eq(word)
                     with m.If(((sec_i == 0) & (word != 0)) | ((sec_i != 0) & (word < cptr_prev))
-                              | ((sec_i == sec_len - 1) & (word != nnz)) | (word >> 16 != 0)):
+                              | (at_last & (word != nnz)) | (word >> 16 != 0)):
                         m.d.sync += error.eq(error | ERR_CSC)
                 with m.Case(SEC_ENTRY):
                     m.d.comb += [ent_wr.en.eq(1), pos_wr.en.eq(1)]
@@ -410,15 +464,17 @@ class VitCoDCore(wiring.Component):
                     with m.If((word[:8] >= n) | (pos_bank >= L) | (pos_word >= self.bank_depth)
                               | (pos_word * L + pos_bank >= nnz)):
                         m.d.sync += error.eq(error | ERR_INDEX_RANGE)
-                    with m.If(sec_i >= cptr_rd.data):        # ran past the last column
+                    with m.If(sec_i >= col_end):             # ran past the last column
                         m.d.sync += error.eq(error | ERR_CSC)
                 with m.Case(SEC_CNT):
-                    m.d.comb += [cnt_wr.en.eq(1), md_wr.en.eq(1), ms_wr.en.eq(1),
-                                 md_wr.addr.eq(sec_i), ms_wr.addr.eq(sec_i),
-                                 md_wr.data.eq(T_MIN), ms_wr.data.eq(T_MIN)]
+                    m.d.comb += cnt_wr.en.eq(1)
+                    m.d.comb += clear_max.eq(1)
                     m.d.sync += cnt_sum.eq(cnt_sum + word)
-            with m.If(sec_i == sec_len - 1):
-                m.d.sync += [sec.eq(sec + 1), sec_i.eq(0)]
+                    for i in range(3):
+                        with m.If(sec_i == i):
+                            m.d.sync += cnt_first[i].eq(word)
+            with m.If(at_last):
+                m.d.sync += next_section
             with m.Else():
                 m.d.sync += sec_i.eq(sec_i + 1)
         index_done = Signal()
@@ -447,9 +503,14 @@ class VitCoDCore(wiring.Component):
 
         # --- phase 2 issue (comb) ---
         # The two engines walk the rows independently (each may be at most one row ahead of
-        # the oldest row not yet handed to the normalisers, ``hand_row``: row x uses the
-        # accumulator bank x % 2, so rows x and x + 1 are the only ones open).
-        hand_row = Signal(range(NM + 2))     # rows handed off to the normalisers
+        # the oldest row not yet handed to the normalisers: row x uses the accumulator bank
+        # x % 2, so rows x and x + 1 are the only ones open). Each engine keeps its lead over
+        # that row (0..2) and whether it has rows left as registers: comparing the row numbers
+        # at issue time put two adders and comparators in front of the issue logic (14.6 ns).
+        d_lead = Signal(range(3))            # r_drow - rows handed off
+        s_lead = Signal(range(3))            # r_srow - rows handed off
+        d_more = Signal()                    # r_drow < n
+        s_more = Signal()                    # r_srow < n
         # Denser engine: its row, key group and chunk
         r_drow = Signal(range(NM + 1))
         r_dword = Signal(range(self.dense_depth + NM + 1))
@@ -458,47 +519,70 @@ class VitCoDCore(wiring.Component):
         r_dchunk = Signal(range(FM + 1))
         # Sparser engine: a stream of (entry, chunk) pairs in row order, ``s_win`` pairs per
         # cycle (one per line, consecutive, so the chunks of one cycle are distinct); its row
-        # ``r_srow`` (row A) holds entries [r_p, r_pend); a cycle that reaches the end of row A
-        # may go on into row A + 1 (row B), so short rows pack the lines.
+        # ``r_srow`` (row A) has ``a_left`` entries left, the current one included; a cycle that
+        # reaches the end of row A may go on into row A + 1 (row B), so short rows pack the
+        # lines. Every decision of the issue cycle comes from registers (flags of a_left, the
+        # prefetched counts of rows B and C = A + 2): this is a loop (the issue decides the
+        # next r_c0 / a_left), so it cannot be pipelined; reading the row count, subtracting
+        # wide entry positions and comparing them in it was a 19.6 ns path.
         r_srow = Signal(range(NM + 2))
-        r_p = Signal(range(self.nnz_max + NM * 65536))  # entry (row-order position)
         r_c0 = Signal(range(FM))                        # chunk of the first pair
-        r_pword = Signal(range(self.bank_depth + 2))
-        r_pbank = Signal(range(L))
-        # row counts come from the host (16 bits each, checked only by their sum): wide enough
-        # never to wrap, so a bad count cannot make a row loop forever
-        r_pend = Signal(range(self.nnz_max + NM * 65536))
+        r_pword = Signal(range(self.bank_depth + 2))    # row-order position of the current
+        r_pbank = Signal(range(L))                      # entry: score bank word and bank
+        a_left = Signal(CMD_FIELD_BITS)                 # entries of row A left (>= 0)
+        a_many = Signal()                               # a_left >= 2
+        a_last = Signal()                               # a_left == 1 (else row A is empty)
+        cnt_b = Signal(CMD_FIELD_BITS)                  # row counts of rows B and C
+        cnt_c = Signal(CMD_FIELD_BITS)
+        b_exists = Signal()                             # row B exists and holds entries
         s_win = Signal(range(L + 1))                    # pairs per cycle: min(lines_s, chunks)
         d_open = Signal()                   # the dense row may be worked on (bank open)
         s_open = Signal()                   # row A may be worked on
         b_open = Signal()                   # row B may be worked on
         p2_run = Signal()                   # the SPMM state
-        m.d.comb += [d_open.eq(p2_run & (r_drow < n) & (r_drow <= hand_row + 1)),
-                     s_open.eq(p2_run & (r_srow < n) & (r_srow <= hand_row + 1)),
-                     b_open.eq(r_srow + 1 <= hand_row + 1)]
+        m.d.comb += [d_open.eq(p2_run & d_more & (d_lead != 2)),
+                     s_open.eq(p2_run & s_more & (s_lead != 2)),
+                     b_open.eq(s_lead == 0)]
         o2_d = Signal()                     # a dense op is issued
         o2_dlast = Signal()                 # the Denser engine leaves its row (op or skip)
         o2_send = Signal()                  # the Sparser engine leaves row A (op or skip)
-        s_left = Signal.like(r_pend)        # entries of row A left
+        rem = Signal(range(FM + 1))         # pairs of the current entry left: f - r_c0
+        # Flags of rem, kept as registers next to r_c0 (computing them in the issue cycle, and
+        # rem' and its compares for the next one, put ~10 LUT levels in the loop: 12.9 ns).
+        # Their next values compare r_c0 with thresholds set once per command (w = s_win): a
+        # cycle within the entry leaves rem' = f - w - r_c0 (fits' <=> r_c0 >= f - 2w), one
+        # that ends it and goes on into the next entry rem' = 2f - w - r_c0 (fits' <=> r_c0 >=
+        # 2f - 2w), the short last entry of a row without a row B rem' = f.
+        fits = Signal()                     # a full window reaches the end of the entry
+        short = Signal()                    # ... and then some: the entry ends short of it
+        thr_step = Signal(signed(len(f) + 3))
+        thr_wrap = Signal(signed(len(f) + 3))
+        full_fits = Signal()                # f <= w: a whole entry fits a window
+        full_short = Signal()               # f < w
         n_a = Signal(range(L + 1))          # pairs of row A this cycle
-        n_b = Signal(range(L + 1))          # pairs of row B this cycle
-        b_exists = Signal()                 # row B exists and holds entries
-        s_empty = Signal()                  # row A has no entry (left): skipped in one cycle
+        n_ab = Signal(range(L + 1))         # pairs of rows A and B this cycle
+        a_tail = Signal()                   # the last entry of row A ends short, no row B
+        c0_wrap = Signal(range(FM))         # r_c0 after a cycle that ends the entry
         s_go = Signal()                     # the Sparser engine issues this cycle
         s_end_a = Signal()                  # this cycle's pairs reach the end of row A
+        s_next = Signal()                   # this cycle's pairs reach the end of the entry
         m.d.comb += [
-            s_left.eq(r_pend - r_p),
-            s_empty.eq(r_p >= r_pend),
-            n_a.eq(Mux(s_left >= 2, s_win, Mux(f - r_c0 < s_win, f - r_c0, s_win))),
-            s_end_a.eq((s_left == 1) & (n_a == f - r_c0)),
-            b_exists.eq((r_srow + 1 < n) & (cnt_rd.data != 0)),
+            rem.eq(f - r_c0),
+            # a window of row A: full unless its last entry ends short
+            n_a.eq(Mux(a_many | ~short, s_win, rem)),
+            s_end_a.eq(a_last & fits),
+            a_tail.eq(a_last & short & ~b_exists),
             # a short tail of row A waits for row B's bank rather than idling lines, unless
-            # there is no row B to pack with (last row, or an empty row next)
-            s_go.eq(s_open & ~s_empty & ((n_a == s_win) | ~b_exists | b_open)),
-            n_b.eq(Mux((n_a < s_win) & b_exists, s_win - n_a, 0)),
-            o2_send.eq(s_open & (s_empty | (s_go & s_end_a))),
+            # there is no row B to pack with (last row, or an empty row next); a short tail
+            # with a row B fills the window with row B's first pairs
+            s_go.eq(s_open & (a_many | a_last) & (a_many | ~short | ~b_exists | b_open)),
+            n_ab.eq(Mux(a_tail, rem, s_win)),
+            c0_wrap.eq(Mux(a_tail, 0, s_win - rem)),
+            s_next.eq(s_go & fits),
+            o2_send.eq(s_open & (~(a_many | a_last) | (s_go & s_end_a))),
         ]
-        # per sparse line: its pair of this cycle (entry offset 0/1 from r_p, chunk, row A/B)
+        # per sparse line: its pair of this cycle (entry offset 0/1 from the current entry,
+        # chunk, row A/B)
         sp_v = Signal(L)
         sp_o = Signal(L)
         sp_b = Signal(L)
@@ -508,7 +592,7 @@ class VitCoDCore(wiring.Component):
             k = Signal(range(FM + 2 * L + 1), name=f"l{ln}_sp_k")
             m.d.comb += [
                 slot.eq(ln - ld), k.eq(r_c0 + slot),
-                sp_v[ln].eq(~is_dense[ln] & s_go & (slot < n_a + n_b)),
+                sp_v[ln].eq(~is_dense[ln] & s_go & (slot < n_ab)),
                 sp_o[ln].eq(k >= f),
                 sp_chunk[ln].eq(Mux(k >= f, k - f, k)),
                 sp_b[ln].eq(slot >= n_a),
@@ -524,7 +608,7 @@ class VitCoDCore(wiring.Component):
         m.d.comb += [dv_rd.addr.eq(d_word), ds_rd.addr.eq(r_dword)]
         for b in range(L):
             m.d.comb += bank_rd[b].addr.eq(r_pword + (b < r_pbank))
-        m.d.comb += cnt_rd.addr.eq(Mux(phase2, r_srow + 1, 0))
+        m.d.comb += cnt_rd.addr.eq(r_srow + 3)             # prefetch: row C after A + 1
 
         # --- stage 1 registers ---
         st1 = [dict(v=Signal(name=f"l{ln}_s1_v"), first=Signal(name=f"l{ln}_s1_first"), last=Signal(name=f"l{ln}_s1_last"),
@@ -551,7 +635,7 @@ class VitCoDCore(wiring.Component):
                     st1[ln]["v"].eq(Mux(dense_line, d_issue, s_issue)),
                     st1[ln]["chunk"].eq(Mux(dense_line, d_chunk, s_chunk)),
                     st1[ln]["first"].eq(Mux(dense_line, d_chunk == 0, s_chunk == 0)),
-                    st1[ln]["last"].eq(Mux(dense_line, d_chunk == f - 1, s_chunk == f - 1)),
+                    st1[ln]["last"].eq(Mux(dense_line, d_chunk == f_last, s_chunk == f_last)),
                     s1_dactive[ln].eq(d_gbase + ln < g),
                     s1_sactive[ln].eq(s_kbase + ln - ld < nnz),
                 ]
@@ -566,25 +650,37 @@ class VitCoDCore(wiring.Component):
                      s1_dbank.eq(r_drow[0]), s1_send.eq(o2_send & phase2),
                      s1_sbank.eq(r_srow[0]), s1_dchunk.eq(r_dchunk),
                      s1_dfirst.eq(r_dchunk == 0), s1_pbank.eq(r_pbank)]
-        # row maxima for phase 2 (read in the issue cycle, used in stage 1): the dense row, and
-        # the Sparser engine's rows A and B; m = max of both engines' maxima
+        # row maxima for phase 2 (read in the issue cycle, selected per line in stage 1): the
+        # dense row, and the Sparser engine's rows A and B; m = max of both engines' maxima
+        # (formed in stage 2a)
         md_rd_a, md_rd_b = md_mem.read_port(), md_mem.read_port()
         ms_rd_a, ms_rd_b = ms_mem.read_port(), ms_mem.read_port()
         m.d.comb += [md_rd_a.addr.eq(r_srow), ms_rd_a.addr.eq(r_srow),
                      md_rd_b.addr.eq(r_srow + 1), ms_rd_b.addr.eq(r_srow + 1)]
-        m_dense = Signal(signed(T_BITS))
-        m_row_a = Signal(signed(T_BITS))
-        m_row_b = Signal(signed(T_BITS))
-        m.d.comb += [
-            m_dense.eq(Mux(md_rd.data > ms_rd.data, md_rd.data, ms_rd.data)),
-            m_row_a.eq(Mux(md_rd_a.data > ms_rd_a.data, md_rd_a.data, ms_rd_a.data)),
-            m_row_b.eq(Mux(md_rd_b.data > ms_rd_b.data, md_rd_b.data, ms_rd_b.data)),
-        ]
 
-        # --- stage 1 (comb): operand addresses; phase 2 lane selection, row max, exp LUT ---
+        def qkv_addr(row, chunk):
+            """Address of word ``chunk`` (< FM) of a Q/K/V row (stride FM): with FM a power of
+            two a concatenation, no adder between the index read and the buffer address."""
+            if FM & (FM - 1) == 0:
+                return Cat(chunk[:ceil_log2(FM)], row)
+            return row * FM + chunk
+
+        # --- stage 1 (comb): phase 1 Q/K addresses (registered: read in stage 1b; the index
+        # read, the row/column mux and the Q/K buffers' address decode in one cycle were a
+        # 13.3 ns path); phase 2 lane selection and row maxima ---
         line_t = [Signal(signed(T_BITS), name=f"l{ln}_t") for ln in range(L)]
         line_ok = [Signal(name=f"l{ln}_ok") for ln in range(L)]
         line_col = [Signal(CB, name=f"l{ln}_col") for ln in range(L)]
+        # Phase 2 registers the lane's row maxima (one per engine), t, column and chunk here
+        # and forms m and x = m - t in stage 2a: the score and row-max reads, the max of both
+        # engines' maxima, the subtraction and the LUT address in one cycle were a 19.6 ns
+        # path (13.4 ns with the max still in stage 1).
+        s2a_md = [Signal(signed(T_BITS), name=f"l{ln}_s2a_md") for ln in range(L)]
+        s2a_ms = [Signal(signed(T_BITS), name=f"l{ln}_s2a_ms") for ln in range(L)]
+        s2a_t = [Signal(signed(T_BITS), name=f"l{ln}_s2a_t") for ln in range(L)]
+        s2a_ok = [Signal(name=f"l{ln}_s2a_ok") for ln in range(L)]
+        s2a_col = [Signal(CB, name=f"l{ln}_s2a_col") for ln in range(L)]
+        s2a_chunk = [Signal(range(FM), name=f"l{ln}_s2a_chunk") for ln in range(L)]
         for ln in range(L):
             dense_line = is_dense[ln]
             ent = ent_rd[ln].data
@@ -594,6 +690,12 @@ class VitCoDCore(wiring.Component):
                 row1.eq(Mux(dense_line, s1_drow, ent.row)),
                 col1.eq(Mux(dense_line, glob_rd[ln].data, ent.col)),
             ]
+            # Q and K are read in phase 1 only (phase 2 reads V, see stage 2a)
+            q_addr = Signal.like(q_rd[ln].addr, name=f"l{ln}_s1b_qaddr")
+            k_addr = Signal.like(k_rd[ln].addr, name=f"l{ln}_s1b_kaddr")
+            m.d.sync += [q_addr.eq(qkv_addr(row1, st1[ln]["chunk"])),
+                         k_addr.eq(qkv_addr(col1, st1[ln]["chunk"]))]
+            m.d.comb += [q_rd[ln].addr.eq(q_addr), k_rd[ln].addr.eq(k_addr)]
             # phase 2: dense lanes from the dense score word, sparse lanes from the banks
             bank_sel = Signal(range(2 * L + 1), name=f"l{ln}_bank")
             m.d.comb += bank_sel.eq(s1_pbank + s1_so[ln])
@@ -608,25 +710,38 @@ class VitCoDCore(wiring.Component):
                 line_ok[ln].eq(Mux(dense_line, dlane.ok & s1_dactive[ln] & s1_d, s1_sv[ln])),
                 line_col[ln].eq(Mux(dense_line, glob_rd[ln].data, bank_lane.col)),
             ]
-            chunk2 = Mux(dense_line, s1_dchunk, s1_schunk[ln])
-            row_sel = Mux(phase2, 0, row1)
-            col_sel = Mux(phase2, line_col[ln], col1)
-            chunk_sel = Mux(phase2, chunk2, st1[ln]["chunk"])
-            m.d.comb += [
-                q_rd[ln].addr.eq(row_sel * FM + chunk_sel),
-                k_rd[ln].addr.eq(col_sel * FM + chunk_sel),
-                v_rd[ln].addr.eq(col_sel * FM + chunk_sel),
+            m.d.sync += [
+                s2a_md[ln].eq(Mux(dense_line, md_rd.data,
+                                  Mux(s1_sb[ln], md_rd_b.data, md_rd_a.data))),
+                s2a_ms[ln].eq(Mux(dense_line, ms_rd.data,
+                                  Mux(s1_sb[ln], ms_rd_b.data, ms_rd_a.data))),
+                s2a_t[ln].eq(line_t[ln]),
+                s2a_ok[ln].eq(line_ok[ln]),
+                s2a_col[ln].eq(line_col[ln]),
+                s2a_chunk[ln].eq(Mux(dense_line, s1_dchunk, s1_schunk[ln])),
             ]
 
-        # phase-2 exp front end: x = m - t, LUT address; carried to stage 2
-        s2_xi = [Signal(range(32), name=f"l{ln}_s2_xi") for ln in range(L)]
-        s2_ok = [Signal(name=f"l{ln}_s2_ok") for ln in range(L)]
+        # --- stage 2a (phase 2): m, x = m - t -> exp LUT address and shift; V address ---
+        s2b_xi = [Signal(range(32), name=f"l{ln}_s2b_xi") for ln in range(L)]
+        s2b_ok = [Signal(name=f"l{ln}_s2b_ok") for ln in range(L)]
+        s2b_vaddr = [Signal.like(v_rd[ln].addr, name=f"l{ln}_s2b_vaddr") for ln in range(L)]
         for ln in range(L):
             x = Signal(signed(T_BITS + 1), name=f"l{ln}_x")
-            m_line = Mux(is_dense[ln], m_dense, Mux(s1_sb[ln], m_row_b, m_row_a))
-            m.d.comb += [x.eq(m_line - line_t[ln]), lut_rd[ln].addr.eq(x[:T_FRAC])]
+            m_line = Mux(s2a_md[ln] > s2a_ms[ln], s2a_md[ln], s2a_ms[ln])
+            m.d.comb += [x.eq(m_line - s2a_t[ln]), lut_rd[ln].addr.eq(x[:T_FRAC]),
+                         v_rd[ln].addr.eq(s2b_vaddr[ln])]
             xi = x >> T_FRAC
-            m.d.sync += [s2_xi[ln].eq(Mux(xi > 31, 31, xi)), s2_ok[ln].eq(line_ok[ln])]
+            m.d.sync += [s2b_xi[ln].eq(Mux(xi > 31, 31, xi)), s2b_ok[ln].eq(s2a_ok[ln]),
+                         s2b_vaddr[ln].eq(qkv_addr(s2a_col[ln], s2a_chunk[ln]))]
+
+        # --- stage 2b (phase 2): the LUT value shifted, (LUT << 1) >> xi, registered (LUT
+        # read, barrel shifter, rounding adder and the fan-out to the P multipliers in one
+        # cycle were a 15.5 ns path); V is read meanwhile ---
+        s2_half = [Signal(E_BITS + 2, name=f"l{ln}_s2_half") for ln in range(L)]
+        s2_eok = [Signal(name=f"l{ln}_s2_eok") for ln in range(L)]
+        for ln in range(L):
+            m.d.sync += [s2_half[ln].eq(Cat(Const(0, 1), lut_rd[ln].data) >> s2b_xi[ln]),
+                         s2_eok[ln].eq(s2b_ok[ln])]
 
         # --- stage 2 registers (phase-1 tags) ---
         def line_tags(stage, ok="ok", chunk_flags=True):
@@ -643,44 +758,52 @@ class VitCoDCore(wiring.Component):
                 return t
             return [tags(ln) for ln in range(L)]
 
+        # (through stage 1b, where Q and K are read)
+        s1b = line_tags("s1b", ok="pok")
         s2 = line_tags("s2", ok="pok")
-        s2_dword = Signal.like(d_word)
-        m.d.sync += s2_dword.eq(s1_dword)
+        s1b_dword, s2_dword = Signal.like(d_word), Signal.like(d_word)
+        m.d.sync += [s1b_dword.eq(s1_dword), s2_dword.eq(s1b_dword)]
         for ln in range(L):
             dense_line = is_dense[ln]
             m.d.sync += [
-                s2[ln]["v"].eq(st1[ln]["v"]),
-                s2[ln]["ok"].eq(Mux(dense_line, s1_dactive[ln] & dv_rd.data[ln],
-                                    s1_sactive[ln])),
-                s2[ln]["first"].eq(st1[ln]["first"]),
-                s2[ln]["last"].eq(st1[ln]["last"]),
-                s2[ln]["pos"].eq(pos_rd[ln].data),
-                s2[ln]["col"].eq(ent_rd[ln].data.col),
-                s2[ln]["row"].eq(Mux(dense_line, s1_drow, ent_rd[ln].data.row)),
+                s1b[ln]["v"].eq(st1[ln]["v"]),
+                s1b[ln]["ok"].eq(Mux(dense_line, s1_dactive[ln] & dv_rd.data[ln],
+                                     s1_sactive[ln])),
+                s1b[ln]["first"].eq(st1[ln]["first"]),
+                s1b[ln]["last"].eq(st1[ln]["last"]),
+                s1b[ln]["pos"].eq(pos_rd[ln].data),
+                s1b[ln]["col"].eq(ent_rd[ln].data.col),
+                s1b[ln]["row"].eq(Mux(dense_line, s1_drow, ent_rd[ln].data.row)),
             ]
+            m.d.sync += [s2[ln][key].eq(s1b[ln][key]) for key in s1b[ln]]
         # phase-2 tags: shared (dense op, engine row ends) and per sparse line (pair valid,
         # chunk, accumulator bank = row parity: row A is r_srow, row B the next one)
         tag2_layout = data.StructLayout({"d": 1, "dlast": 1, "dbank": 1, "dfirst": 1,
                                          "dchunk": len(s1_dchunk), "send": 1, "sbank": 1})
         line2_layout = data.StructLayout({"v": 1, "chunk": len(s1_schunk[0]), "bank": 1})
-        s2_tags = Signal(tag2_layout)
-        m.d.sync += s2_tags.eq(Cat(s1_d, s1_dlast, s1_dbank, s1_dfirst, s1_dchunk, s1_send,
-                                   s1_sbank))
-        s2_line = [Signal(line2_layout, name=f"l{ln}_s2_tag2") for ln in range(L)]
-        for ln in range(L):
-            m.d.sync += s2_line[ln].eq(Cat(s1_sv[ln], s1_schunk[ln], s1_sbank ^ s1_sb[ln]))
+        # (through stages 2a and 2b: phase 2 has two more stages than phase 1 before stage 3)
+        def delayed(value, shape, name):
+            for stage in ("s2a", "s2b", "s2"):
+                reg = Signal(shape, name=f"{name}_{stage}" if name else stage)
+                m.d.sync += reg.eq(value)
+                value = reg
+            return value
 
-        # --- stage 2 (comb): e = rshift_round(LUT, xi); operand selection for the multipliers
+        s2_tags = delayed(Cat(s1_d, s1_dlast, s1_dbank, s1_dfirst, s1_dchunk, s1_send,
+                              s1_sbank), tag2_layout, "tag2")
+        s2_line = [delayed(Cat(s1_sv[ln], s1_schunk[ln], s1_sbank ^ s1_sb[ln]), line2_layout,
+                           f"l{ln}_tag2")
+                   for ln in range(L)]
+
+        # --- stage 2 (comb): phase 2 e = rshift_round(LUT, xi) = (half + 1) >> 1; operand
+        # selection for the multipliers (phase 1: Q and K, read in stage 1; phase 2: e and V)
         s3_a = [[Signal(signed(E_BITS + 2), name=f"l{ln}_s3_a{j}") for j in range(P)]
                 for ln in range(L)]
         s3_b = [[Signal(signed(8), name=f"l{ln}_s3_b{j}") for j in range(P)] for ln in range(L)]
         s3_e = [Signal(E_BITS + 1, name=f"l{ln}_s3_e") for ln in range(L)]
         for ln in range(L):
-            lut = lut_rd[ln].data
-            doubled = Signal(E_BITS + 2, name=f"l{ln}_lut2")
-            m.d.comb += doubled.eq(Cat(Const(0, 1), lut) >> s2_xi[ln])
             e = Signal(E_BITS + 1, name=f"l{ln}_e")
-            m.d.comb += e.eq(Mux(s2_ok[ln], (doubled + 1) >> 1, 0))
+            m.d.comb += e.eq(Mux(s2_eok[ln], (s2_half[ln] + 1) >> 1, 0))
             m.d.sync += s3_e[ln].eq(e)
             for j in range(P):
                 qv = q_rd[ln].data.word_select(j, 8).as_signed()
@@ -819,16 +942,26 @@ class VitCoDCore(wiring.Component):
         for ln in range(L):
             m.d.comb += [ds_wr.data[ln].t.eq(requants[ln].o.payload[0]),
                          ds_wr.data[ln].ok.eq(is_dense[ln] & tags_out[ln].ok)]
-        # dense row max: max over the dense lanes, then read-modify-write of md[row]
-        cand = [Mux(is_dense[ln] & tags_out[ln].ok, requants[ln].o.payload[0], T_MIN)
-                for ln in range(L)]
+        # dense row max: max over the dense lanes, then read-modify-write of md[row]; the
+        # first level of the max tree (lane pairs) is registered: the whole tree in the
+        # requantiser's output cycle was a 14.9 ns path
+        def max_level(cand):
+            return ([Mux(cand[a] > cand[a + 1], cand[a], cand[a + 1])
+                     for a in range(0, len(cand) - 1, 2)] + ([cand[-1]] if len(cand) % 2 else []))
+        pairs = max_level([Mux(is_dense[ln] & tags_out[ln].ok, requants[ln].o.payload[0], T_MIN)
+                           for ln in range(L)])
+        dpair_v = Signal()
+        dpair_row = Signal(CB)
+        dpair_t = [Signal(signed(T_BITS), name=f"dmax_pair{i}") for i in range(len(pairs))]
+        m.d.sync += [dpair_v.eq(dense_write), dpair_row.eq(tags_out[0].row),
+                     *[r.eq(x) for r, x in zip(dpair_t, pairs)]]
+        cand = dpair_t
         while len(cand) > 1:
-            cand = [Mux(cand[a] > cand[a + 1], cand[a], cand[a + 1])
-                    for a in range(0, len(cand) - 1, 2)] + ([cand[-1]] if len(cand) % 2 else [])
+            cand = max_level(cand)
         dmax_v = Signal()
         dmax_row = Signal(CB)
         dmax_t = Signal(signed(T_BITS))
-        m.d.sync += [dmax_v.eq(dense_write), dmax_row.eq(tags_out[0].row), dmax_t.eq(cand[0])]
+        m.d.sync += [dmax_v.eq(dpair_v), dmax_row.eq(dpair_row), dmax_t.eq(cand[0])]
         # sparse scores: one holding register per line, written one per cycle into the banks
         hold_full = Signal(L)
         hold_layout = data.StructLayout({"t": signed(T_BITS), "pos": entry_pos_layout,
@@ -863,16 +996,45 @@ class VitCoDCore(wiring.Component):
         smax_row = Signal(CB)
         smax_t = Signal(signed(T_BITS))
         m.d.sync += [smax_v.eq(write_any), smax_row.eq(wsel.row), smax_t.eq(wsel.t)]
-        # the RMW: read at the write cycle (transparent ports see the previous cycle's update),
-        # write the max one cycle later; the ports serve LOAD (clear) and phase 2 (read) too
-        with m.If(~loading):
-            m.d.comb += [md_wr.addr.eq(dmax_row), md_wr.en.eq(dmax_v),
-                         md_wr.data.eq(Mux(dmax_t > md_rd.data, dmax_t, md_rd.data)),
-                         ms_wr.addr.eq(smax_row), ms_wr.en.eq(smax_v),
-                         ms_wr.data.eq(Mux(smax_t > ms_rd.data, smax_t, ms_rd.data))]
+        # the sparse row-max RMW reads at smax_row (registered: the writer's selection straight
+        # into the read address was a 12.1 ns path) and compares one cycle later
+        smax2_v = Signal()
+        smax2_row = Signal(CB)
+        smax2_t = Signal(signed(T_BITS))
+        m.d.sync += [smax2_v.eq(smax_v), smax2_row.eq(smax_row), smax2_t.eq(smax_t)]
+        # The RMW of one update (v, row, t), valid in the cycle its read data arrives (the read
+        # is issued one cycle ahead, at dpair_row / smax_row): D registers the read data, C
+        # forms the max and registers it, W writes it. (Compare and write in the cycle behind
+        # the block RAM's output was a 12.2 ns path, 12.3 ns with the compare registered.)
+        # The read is transparent for the write of its own cycle; the two later writes it
+        # cannot see, of the two previous updates (being written in C's cycle, and written one
+        # cycle before), are forwarded when they are for the same row, the newer first. The
+        # ports serve LOAD (clear) and phase 2 (read) too.
+        def row_max_rmw(name, wr, rd, v, row, t):
+            c_v, w_v, x_v = (Signal(name=f"{name}_{st}_v") for st in "cwx")
+            c_row, w_row, x_row = (Signal(CB, name=f"{name}_{st}_row") for st in "cwx")
+            c_t = Signal(signed(T_BITS), name=f"{name}_c_t")
+            c_rd = Signal(signed(T_BITS), name=f"{name}_c_rd")
+            w_max, x_max = (Signal(signed(T_BITS), name=f"{name}_{st}_max") for st in "wx")
+            # the forward selects, known one cycle ahead: in C, w holds what is in C now, and x
+            # what is in W now (registered: the row compares in front of the max were 13 ns)
+            c_hit_w, c_hit_x = Signal(name=f"{name}_fwd_w"), Signal(name=f"{name}_fwd_x")
+            m.d.sync += [c_v.eq(v), c_row.eq(row), c_t.eq(t), c_rd.eq(rd.data),
+                         c_hit_w.eq(c_v & (c_row == row)), c_hit_x.eq(w_v & (w_row == row))]
+            cur = Mux(c_hit_w, w_max, Mux(c_hit_x, x_max, c_rd))
+            m.d.sync += [w_v.eq(c_v), w_row.eq(c_row), w_max.eq(Mux(c_t > cur, c_t, cur)),
+                         x_v.eq(w_v), x_row.eq(w_row), x_max.eq(w_max)]
+            with m.If(clear_max_v):
+                m.d.comb += [wr.en.eq(1), wr.addr.eq(clear_max_row), wr.data.eq(T_MIN)]
+            with m.Else():
+                m.d.comb += [wr.en.eq(w_v), wr.addr.eq(w_row), wr.data.eq(w_max)]
+            return c_v | w_v                 # updates not written yet
+
+        dmax_pending = row_max_rmw("dmax", md_wr, md_rd, dmax_v, dmax_row, dmax_t)
+        smax_pending = row_max_rmw("smax", ms_wr, ms_rd, smax2_v, smax2_row, smax2_t)
         # phase 2: the Denser engine's row (read in the issue cycle, used in stage 1)
-        m.d.comb += [md_rd.addr.eq(Mux(phase2, r_drow, tags_out[0].row)),
-                     ms_rd.addr.eq(Mux(phase2, r_drow, wsel.row))]
+        m.d.comb += [md_rd.addr.eq(Mux(phase2, r_drow, dpair_row)),
+                     ms_rd.addr.eq(Mux(phase2, r_drow, smax_row))]
 
         # --- stage 5, phase 2: accumulate the output rows of both engines ---
         # Two accumulator banks (ping-pong by row parity): row x adds into bank x % 2. Each
@@ -928,11 +1090,12 @@ class VitCoDCore(wiring.Component):
         handoff = Signal()
         m.d.comb += handoff.eq(d_done.bit_select(hand_bank, 1) & s_done.bit_select(hand_bank, 1)
                                & ~slot_full.bit_select(in_turn, 1))
+        m.d.sync += [d_lead.eq(d_lead + o2_dlast - handoff),
+                     s_lead.eq(s_lead + o2_send - handoff)]
         with m.If(handoff):
             m.d.comb += bank_clear.bit_select(hand_bank, 1).eq(1)
             m.d.sync += [d_done.bit_select(hand_bank, 1).eq(0),
                          s_done.bit_select(hand_bank, 1).eq(0), hand_bank.eq(~hand_bank),
-                         hand_row.eq(hand_row + 1),
                          in_turn.eq(Mux(in_turn == K - 1, 0, in_turn + 1))]
             with m.Switch(Cat(hand_bank, in_turn)):
                 for j in range(K):
@@ -957,33 +1120,55 @@ class VitCoDCore(wiring.Component):
                                                      out_width=8)
         wiring.connect(m, orq.o, wiring.flipped(self.out))
         m.d.comb += [orq.multiplier.eq(self.out_multiplier), orq.shift.eq(self.out_shift)]
-        # product stage: one chunk per cycle into the requantiser
-        prod_valid = Signal()
-        prod = [Signal(signed(SW + E_BITS + 4), name=f"norm_prod{j}") for j in range(P)]
-        n_chunk = Signal(range(FM + 1))
-        m.d.comb += orq.i.valid.eq(prod_valid)
-        for j in range(P):
-            m.d.comb += orq.i.payload[j].eq(prod[j])
+        # Product stages, one chunk per cycle into the requantiser, three registered steps (the
+        # slot/chunk selection, the 33 x 18 product and its operand mux in one cycle was a 31 ns
+        # path): N0 selects the chunk and r of the slot in turn; N1 forms the partial products
+        # of 17-bit pieces of the accumulator (one multiplier block each); N2 adds them. One
+        # enable for the whole pipe, as in the Requantizer: every stage advances when the last
+        # one is empty or taken.
+        PIECE = Requantizer.CHUNK
+        pieces = [(lo, min(lo + PIECE, SW)) for lo in range(0, SW, PIECE)]
+        RW = len(slot_r[0])
         prod_advance = Signal()
-        m.d.comb += prod_advance.eq(~prod_valid | orq.i.ready)
+        sel_valid = Signal()
+        sel_acc = [Signal(signed(SW), name=f"norm_sel_acc{x}") for x in range(P)]
+        sel_r = Signal(RW)
+        part_valid = Signal()
+        part = [[Signal(signed(hi - lo + RW + 1), name=f"norm_part{x}_{i}")
+                 for i, (lo, hi) in enumerate(pieces)] for x in range(P)]
+        prod_valid = Signal()
+        prod = [Signal(signed(SW + E_BITS + 4), name=f"norm_prod{x}") for x in range(P)]
+        n_chunk = Signal(range(FM + 1))
+        m.d.comb += [orq.i.valid.eq(prod_valid),
+                     prod_advance.eq(~prod_valid | orq.i.ready)]
+        for x in range(P):
+            m.d.comb += orq.i.payload[x].eq(prod[x])
         feeding = Signal()
         m.d.comb += feeding.eq(slot_ready.bit_select(out_turn, 1))
         with m.If(prod_advance):
-            m.d.sync += prod_valid.eq(feeding)
+            m.d.sync += [sel_valid.eq(feeding), part_valid.eq(sel_valid),
+                         prod_valid.eq(part_valid)]
+            for x in range(P):
+                for i, (lo, hi) in enumerate(pieces):
+                    piece = sel_acc[x][lo:hi]
+                    if hi == SW:                 # only the top piece carries the sign
+                        piece = piece.as_signed()
+                    m.d.sync += part[x][i].eq(piece * sel_r)
+                m.d.sync += prod[x].eq(sum(part[x][i] << lo for i, (lo, _) in enumerate(pieces)))
             with m.If(feeding):
                 with m.Switch(out_turn):
                     for j in range(K):
                         with m.Case(j):
+                            m.d.sync += sel_r.eq(slot_r[j])
                             with m.Switch(n_chunk):
                                 for c in range(FM):
                                     with m.Case(c):
-                                        m.d.sync += [prod[x].eq(slot_acc[j][c * P + x]
-                                                                * slot_r[j])
+                                        m.d.sync += [sel_acc[x].eq(slot_acc[j][c * P + x])
                                                      for x in range(P)]
-                            with m.If(n_chunk == f - 1):
+                            with m.If(n_chunk == f_last):
                                 m.d.sync += [slot_full[j].eq(0), slot_rq_sent[j].eq(0),
                                              slot_ready[j].eq(0)]
-                with m.If(n_chunk == f - 1):
+                with m.If(n_chunk == f_last):
                     m.d.sync += [n_chunk.eq(0),
                                  out_turn.eq(Mux(out_turn == K - 1, 0, out_turn + 1))]
                 with m.Else():
@@ -995,46 +1180,68 @@ class VitCoDCore(wiring.Component):
         p1_inflight = Signal()
         any_stage = 0
         for ln in range(L):
-            any_stage = (any_stage | st1[ln]["v"] | s2[ln]["v"] | s3[ln]["v"] | s4[ln]["v"]
-                         | s5[ln]["v"] | s6[ln]["v"] | requants[ln].o.valid)
+            any_stage = (any_stage | st1[ln]["v"] | s1b[ln]["v"] | s2[ln]["v"] | s3[ln]["v"]
+                         | s4[ln]["v"] | s5[ln]["v"] | s6[ln]["v"] | requants[ln].o.valid)
         # results inside the requantisers (their pipeline registers are not visible here)
         rq_pending = Signal(Requantizer.LATENCY * L)
         m.d.sync += rq_pending.eq(Cat(*[s6[ln]["v"] for ln in range(L)], rq_pending))
         m.d.comb += p1_inflight.eq(any_stage | (hold_full != 0) | (rq_pending != 0)
-                                  | dmax_v | smax_v)
+                                  | dpair_v | dmax_v | smax_v | smax2_v | dmax_pending
+                                  | smax_pending)
+        # registered, with the issue of the same cycle (so nothing issued up to the previous
+        # cycle is missed): the OR over every stage's valid bits fanned out into the SpMM start
+        # registers was a 12.0 ns path; the drain takes one cycle more
+        p1_quiet = Signal()
+        m.d.sync += p1_quiet.eq(~p1_inflight & ~d_issue & ~s_issue)
         out_words = Signal(range(NM * FM + 1))
         with m.If(self.out.valid & self.out.ready):
             m.d.sync += out_words.eq(out_words + 1)
-        out_total = Signal(range(NM * FM + 1))
+        out_last = Signal(range(NM * FM + 1))          # n * chunks - 1: the last beat
 
         with m.FSM(name="control"):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    with m.If(cmd_ok):
-                        ld_new = cmd.lines_d[:len(ld)]
-                        m.d.sync += [
-                            n.eq(cmd.n), f.eq(cmd.chunks), g.eq(cmd.g), nnz.eq(cmd.nnz),
-                            ld.eq(ld_new), ls.eq(L - ld_new), dgroups.eq(cmd.dense_groups),
-                            s_period.eq(Mux(L - ld_new > cmd.chunks, L - ld_new, cmd.chunks)),
-                            s_win.eq(Mux(L - ld_new < cmd.chunks, L - ld_new, cmd.chunks)),
-                            ncols.eq(cmd.n - cmd.g),
-                            error.eq(error & ERR_BAD_CMD),
-                            cycles.eq(0), sddmm_cycles.eq(0), spmm_cycles.eq(0),
-                            dense_busy.eq(0), sparse_busy.eq(0),
-                            dv_addr.eq(0), dv_done.eq(cmd.dense_groups == 0),
-                            dv_total.eq(cmd.dense_groups * cmd.n),
-                            sec.eq(SEC_GLOB), sec_i.eq(0), walk_col.eq(0), cnt_sum.eq(0),
-                            cptr_prev.eq(0), out_words.eq(0),
-                            in_turn.eq(0), out_turn.eq(0), n_chunk.eq(0),
-                            out_total.eq(cmd.n * cmd.chunks),
-                            *q_reset, *k_reset, *v_reset,
-                        ]
-                        for ln in range(L):
-                            m.d.sync += is_dense[ln].eq(ln < ld_new)
-                        m.next = "LOAD"
-                    with m.Else():
-                        m.d.sync += error.eq(error | ERR_BAD_CMD)
+                    m.d.sync += cmd.eq(self.cmd.payload)
+                    m.next = "CMD_PRODUCTS"
+
+            with m.State("CMD_PRODUCTS"):              # cmd_cover etc. are registered
+                m.next = "CMD_CHECK"
+
+            with m.State("CMD_CHECK"):                 # cmd_ok is registered
+                m.next = "CMD_ACCEPT"
+
+            with m.State("CMD_ACCEPT"):
+                with m.If(cmd_ok):
+                    ld_new = cmd.lines_d[:len(ld)]
+                    m.d.sync += [
+                        n.eq(cmd.n), f.eq(cmd.chunks), g.eq(cmd.g), nnz.eq(cmd.nnz),
+                        f_last.eq(cmd.chunks - 1), n_last.eq(cmd.n - 1),
+                        ld.eq(ld_new), ls.eq(L - ld_new), dgroups.eq(cmd.dense_groups),
+                        s_period.eq(Mux(L - ld_new > cmd.chunks, L - ld_new, cmd.chunks)),
+                        s_win.eq(Mux(L - ld_new < cmd.chunks, L - ld_new, cmd.chunks)),
+                        ncols.eq(cmd.n - cmd.g),
+                        error.eq(error & ERR_BAD_CMD),
+                        cycles.eq(0), sddmm_cycles.eq(0), spmm_cycles.eq(0),
+                        dense_busy.eq(0), sparse_busy.eq(0),
+                        dv_addr.eq(0), dv_done.eq(cmd.dense_groups == 0),
+                        dv_last.eq(cmd_dv_total - 1),
+                        sec.eq(SEC_GLOB), sec_i.eq(0), sec_last.eq(cmd.g - 1),
+                        sec_empty.eq(cmd.g == 0), sec_open.eq(cmd.g != 0),
+                        in_entry.eq(0), walk_col.eq(0),
+                        walk_more.eq(cmd.n - cmd.g > 1), cnt_sum.eq(0),
+                        cptr_prev.eq(0), col_end.eq(0), out_words.eq(0),
+                        *[c.eq(0) for c in cnt_first],
+                        in_turn.eq(0), out_turn.eq(0), n_chunk.eq(0),
+                        out_last.eq(cmd_out_total - 1),
+                        *q_reset, *k_reset, *v_reset,
+                    ]
+                    for ln in range(L):
+                        m.d.sync += is_dense[ln].eq(ln < ld_new)
+                    m.next = "LOAD"
+                with m.Else():
+                    m.d.sync += error.eq(error | ERR_BAD_CMD)
+                    m.next = "IDLE"
 
             with m.State("LOAD"):
                 m.d.comb += [loading.eq(1), self.busy.eq(1)]
@@ -1053,9 +1260,9 @@ class VitCoDCore(wiring.Component):
                 m.d.sync += [cycles.eq(cycles + 1), sddmm_cycles.eq(sddmm_cycles + 1)]
                 with m.If(d_issue):
                     m.d.sync += dense_busy.eq(dense_busy + 1)
-                    with m.If(d_chunk == f - 1):
+                    with m.If(d_chunk == f_last):
                         m.d.sync += [d_chunk.eq(0), d_word.eq(d_word + 1)]
-                        with m.If(d_row == n - 1):
+                        with m.If(d_row == n_last):
                             m.d.sync += [d_row.eq(0), d_gbase.eq(d_gbase + ld)]
                             with m.If(d_gbase + ld >= g):
                                 m.d.sync += d_run.eq(0)
@@ -1078,11 +1285,19 @@ class VitCoDCore(wiring.Component):
             with m.State("SDDMM_DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [cycles.eq(cycles + 1), sddmm_cycles.eq(sddmm_cycles + 1)]
-                with m.If(~p1_inflight):
+                with m.If(p1_quiet):
                     m.d.sync += [phase2.eq(1), r_drow.eq(0), r_dword.eq(0), r_gbase.eq(0),
-                                 r_dgroup.eq(0), r_dchunk.eq(0), r_srow.eq(0), r_p.eq(0),
-                                 r_c0.eq(0), r_pword.eq(0), r_pbank.eq(0),
-                                 r_pend.eq(cnt_rd.data), hand_row.eq(0), d_done.eq(0),
+                                 r_dgroup.eq(0), r_dchunk.eq(0), r_srow.eq(0),
+                                 r_c0.eq(0), fits.eq(f <= s_win), short.eq(f < s_win),
+                                 full_fits.eq(f <= s_win), full_short.eq(f < s_win),
+                                 thr_step.eq(f - 2 * s_win), thr_wrap.eq(2 * f - 2 * s_win),
+                                 r_pword.eq(0), r_pbank.eq(0),
+                                 a_left.eq(cnt_first[0]), a_many.eq(cnt_first[0] >= 2),
+                                 a_last.eq(cnt_first[0] == 1), cnt_b.eq(cnt_first[1]),
+                                 cnt_c.eq(cnt_first[2]),
+                                 b_exists.eq((n > 1) & (cnt_first[1] != 0)),
+                                 d_lead.eq(0), s_lead.eq(0), d_more.eq(1), s_more.eq(1),
+                                 d_done.eq(0),
                                  s_done.eq(0), hand_bank.eq(0)]
                     m.next = "SPMM"
 
@@ -1090,12 +1305,14 @@ class VitCoDCore(wiring.Component):
             with m.State("SPMM"):
                 m.d.comb += [self.busy.eq(1), p2_run.eq(1)]
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If((r_drow == n) & (r_srow == n)):
+                with m.If(~d_more & ~s_more):
                     m.next = "FINISH"
                 with m.Else():
                     m.d.sync += spmm_cycles.eq(spmm_cycles + 1)
                 # Denser engine: ceil(G / lines_d) key groups of ``chunks`` ops per row; with
                 # G = 0 it passes a row per cycle (no op: the row's dense part is empty)
+                with m.If(o2_dlast):
+                    m.d.sync += d_more.eq(r_drow + 1 < n)
                 with m.If(d_open):
                     with m.If(dgroups == 0):
                         m.d.comb += o2_dlast.eq(1)
@@ -1103,7 +1320,7 @@ class VitCoDCore(wiring.Component):
                     with m.Else():
                         m.d.comb += o2_d.eq(1)
                         m.d.sync += dense_busy.eq(dense_busy + 1)
-                        with m.If(r_dchunk == f - 1):
+                        with m.If(r_dchunk == f_last):
                             with m.If(r_dgroup + 1 >= dgroups):
                                 m.d.comb += o2_dlast.eq(1)
                                 m.d.sync += [r_drow.eq(r_drow + 1), r_dword.eq(r_drow + 1),
@@ -1116,24 +1333,33 @@ class VitCoDCore(wiring.Component):
                 # Sparser engine: an empty row passes in one cycle (no op); otherwise s_win
                 # pairs (fewer only at the end of a row with no row B to pack with)
                 with m.If(o2_send):
-                    m.d.sync += [r_srow.eq(r_srow + 1), r_pend.eq(r_pend + cnt_rd.data)]
+                    # row B becomes row A (its count is a_left from now on: a row ends with
+                    # a_left 0 or on its last entry), row C row B; the next count is prefetched
+                    m.d.sync += [r_srow.eq(r_srow + 1), s_more.eq(r_srow + 1 < n),
+                                 a_left.eq(cnt_b), a_many.eq(cnt_b >= 2), a_last.eq(cnt_b == 1),
+                                 cnt_b.eq(cnt_c), cnt_c.eq(cnt_rd.data),
+                                 b_exists.eq((r_srow + 2 < n) & (cnt_c != 0))]
+                with m.Elif(s_next):
+                    m.d.sync += [a_left.eq(a_left - 1), a_many.eq(a_left >= 3),
+                                 a_last.eq(a_left == 2)]
                 with m.If(s_go):
                     m.d.sync += sparse_busy.eq(sparse_busy + 1)
-                    s_tot = Signal(range(FM + 2 * L + 1))
-                    m.d.comb += s_tot.eq(r_c0 + n_a + n_b)
-                    with m.If(s_tot >= f):
-                        m.d.sync += [r_c0.eq(s_tot - f), r_p.eq(r_p + 1)]
+                    with m.If(fits):
+                        m.d.sync += [r_c0.eq(c0_wrap),
+                                     fits.eq(Mux(a_tail, full_fits, r_c0 >= thr_wrap)),
+                                     short.eq(Mux(a_tail, full_short, r_c0 > thr_wrap))]
                         with m.If(r_pbank == L - 1):
                             m.d.sync += [r_pbank.eq(0), r_pword.eq(r_pword + 1)]
                         with m.Else():
                             m.d.sync += r_pbank.eq(r_pbank + 1)
                     with m.Else():
-                        m.d.sync += r_c0.eq(s_tot)
+                        m.d.sync += [r_c0.eq(r_c0 + s_win), fits.eq(r_c0 >= thr_step),
+                                     short.eq(r_c0 > thr_step)]
 
             with m.State("FINISH"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(self.out.valid & self.out.ready & (out_words + 1 == out_total)):
+                with m.If(self.out.valid & self.out.ready & (out_words == out_last)):
                     m.d.sync += phase2.eq(0)
                     m.next = "IDLE"
         return m
