@@ -50,6 +50,7 @@ from amaranth.lib.wiring import In, Out
 
 from vitaccel.golden.vitality import ACC_BITS, GQ_BITS, KBAR_FRAC, OPERAND_BITS, Params
 from vitaccel.rtl.common.requant import Requantizer
+from vitaccel.rtl.common.skid import SkidBuffer
 
 from .divider_array import DividerArray
 from .systolic import SystolicArray
@@ -513,11 +514,16 @@ class VitalityCore(wiring.Component):
             with m.If(rq.i.ready):
                 m.d.sync += nxt.eq(flag)
             flag = nxt
+        # z leaves through a register slice, so the shared enable (the requantiser's input ready)
+        # depends on registers only: with the sink's ready running straight into it, the host
+        # link's UART logic -> enable -> every datapath register was the ULX3S critical path.
+        m.submodules.z_skid = z_skid = SkidBuffer(self.z.payload.shape())
+        wiring.connect(m, z_skid.o, wiring.flipped(self.z))
         m.d.comb += [
-            self.z.valid.eq(rq.o.valid),
-            self.z.payload.z.eq(rq.o.payload),
-            self.z.payload.clamped.eq(flag),
-            rq.o.ready.eq(self.z.ready),
+            z_skid.i.valid.eq(rq.o.valid),
+            z_skid.i.payload.z.eq(rq.o.payload),
+            z_skid.i.payload.clamped.eq(flag),
+            rq.o.ready.eq(z_skid.i.ready),
         ]
 
         # ---- step 4: SA-Diag (t_D) and the per-row reciprocal ---------------------------------

@@ -74,12 +74,14 @@ def demo_config() -> Config:
 
 
 def board_config(board: str) -> Config:
-    """ULX3S (ECP5-85F): the default DeiT-Tiny head on an 8 x 8 array. iCEBreaker (UP5K: 5280
+    """ULX3S (ECP5-85F): the DeiT-Tiny head on a 4 x 4 array. The 8 x 8 default fits (27.6k
+    LUT4, 112 of 156 MULT18X18D, 87 DP16KD) but nextpnr's router1 left ~35k arcs unrouted after
+    an hour, twice; 4 x 4 routes. iCEBreaker (UP5K: 5280
     LUTs, 8 SB_MAC16): a toy head (d = 8, n <= 16) on a 1 x 1 array with constant t_D -- the
     general-t_D path's SA-Diag needs two more multipliers than the UP5K has (Yosys: 9 SB_MAC16
     with it, 7 without)."""
     if board == "ulx3s":
-        return Config()
+        return Config(rows=4, cols=4)
     if board == "icebreaker":
         return Config(d=8, n_max=16, rows=1, cols=1, div_lanes=1, g_shift=5, constant_td=True)
     raise ValueError(f"unknown board {board!r}")
