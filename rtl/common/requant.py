@@ -32,10 +32,31 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Requantizer", "SHIFT_WIDTH"]
+__all__ = ["Requantizer", "SHIFT_WIDTH", "split_product"]
 
 #: Width of the ``shift`` port: shifts 0..63, as :data:`fixedpoint.MAX_SHIFT`.
 SHIFT_WIDTH = 6
+#: Bits of the signed operand per partial product (unsigned 17 bits fit an 18x18 signed multiplier).
+PRODUCT_CHUNK = 17
+
+
+def split_product(m, a, b, width, name):
+    """``a * b`` (``a`` signed, ``b`` unsigned) over two registered stages: the partial products
+    of :data:`PRODUCT_CHUNK`-bit pieces of ``a`` (one 18x18 multiplier block each; the low pieces
+    unsigned, the top one signed), then their sum on a carry chain of its own. The statements
+    go to ``m.d.sync`` under the caller's control flow (so its enable applies); returns the
+    product register (``signed(width)``), which holds ``a * b`` two enabled cycles later."""
+    aw = len(a)
+    parts = []
+    for j, lo in enumerate(range(0, aw, PRODUCT_CHUNK)):
+        hi = min(lo + PRODUCT_CHUNK, aw)
+        piece = a[lo:hi].as_signed() if hi == aw else a[lo:hi]
+        part = Signal(signed(hi - lo + len(b) + 1), name=f"{name}_part{j}")
+        m.d.sync += part.eq(piece * b)          # signed x unsigned: Amaranth widens, exact
+        parts.append((lo, part))
+    product = Signal(signed(width), name=name)
+    m.d.sync += product.eq(sum(part << lo for lo, part in parts))
+    return product
 
 
 class Requantizer(wiring.Component):
@@ -59,8 +80,6 @@ class Requantizer(wiring.Component):
     """
 
     LATENCY = 5
-    #: Bits of the accumulator per partial product (unsigned 17 bits fit an 18x18 signed multiplier).
-    CHUNK = 17
 
     def __init__(self, lanes: int, in_width: int = 32, out_width: int = 8,
                  multiplier_bits: int = 16):
@@ -95,16 +114,9 @@ class Requantizer(wiring.Component):
         acc0 = [Signal(signed(iw), name=f"acc0_{k}") for k in range(lanes)]
         mul0 = Signal(unsigned(mb))
         sh0 = Signal(unsigned(SHIFT_WIDTH))
-        # S1: partial products, one multiplier block each
-        chunks = [(lo_bit, min(lo_bit + self.CHUNK, iw)) for lo_bit in range(0, iw, self.CHUNK)]
-        v1 = Signal()
-        part1 = [[Signal(signed(hi_bit - lo_bit + mb + 1), name=f"part1_{k}_{j}")
-                  for j, (lo_bit, hi_bit) in enumerate(chunks)] for k in range(lanes)]
-        sh1 = Signal(unsigned(SHIFT_WIDTH))
-        # S2: the full product
-        v2 = Signal()
-        prod2 = [Signal(signed(pw), name=f"prod2_{k}") for k in range(lanes)]
-        sh2 = Signal(unsigned(SHIFT_WIDTH))
+        # S1, S2: partial products, then the full product (split_product)
+        v1, v2 = Signal(), Signal()
+        sh1, sh2 = Signal(unsigned(SHIFT_WIDTH)), Signal(unsigned(SHIFT_WIDTH))
         # S3: t = floor(p / 2**(shift-1)), one more bit than p for the doubling
         v3 = Signal()
         t3 = [Signal(signed(pw + 1), name=f"t3_{k}") for k in range(lanes)]
@@ -123,18 +135,9 @@ class Requantizer(wiring.Component):
             ]
             for k in range(lanes):
                 m.d.sync += acc0[k].eq(self.i.payload[k])
-                for j, (lo_bit, hi_bit) in enumerate(chunks):
-                    chunk = acc0[k][lo_bit:hi_bit]
-                    # Only the top chunk carries the sign; the others are plain unsigned bits.
-                    if hi_bit == iw:
-                        chunk = chunk.as_signed()
-                    # Signed x unsigned: Amaranth widens the unsigned operand, so each is exact.
-                    m.d.sync += part1[k][j].eq(chunk * mul0)
-                m.d.sync += [
-                    prod2[k].eq(sum(part1[k][j] << lo_bit for j, (lo_bit, _) in enumerate(chunks))),
-                    # ``>>`` on a signed value is arithmetic, i.e. a floor division by 2**shift.
-                    t3[k].eq(Cat(Const(0, 1), prod2[k]).as_signed() >> sh2),
-                ]
+                prod2 = split_product(m, acc0[k], mul0, pw, name=f"prod2_{k}")
+                # ``>>`` on a signed value is arithmetic, i.e. a floor division by 2**shift.
+                m.d.sync += t3[k].eq(Cat(Const(0, 1), prod2).as_signed() >> sh2)
                 t = t3[k]
                 rounded = Signal(unsigned(ow + 1), name=f"rounded_{k}")
                 m.d.comb += rounded.eq(t[:ow + 1] + 1)

@@ -118,7 +118,7 @@ from amaranth.utils import ceil_log2
 
 from vitaccel.golden.vitcod import ACC_BITS, E_BITS, EXP_LUT, RECIP_FRAC, T_BITS, T_FRAC
 from vitaccel.rtl.common.divider import Reciprocal
-from vitaccel.rtl.common.requant import SHIFT_WIDTH, Requantizer
+from vitaccel.rtl.common.requant import SHIFT_WIDTH, Requantizer, split_product
 
 __all__ = ["VitCoDCore", "cmd_layout", "entry_word", "ERR_BAD_CMD", "ERR_CSC",
            "ERR_INDEX_RANGE"]
@@ -1122,39 +1122,27 @@ class VitCoDCore(wiring.Component):
         m.d.comb += [orq.multiplier.eq(self.out_multiplier), orq.shift.eq(self.out_shift)]
         # Product stages, one chunk per cycle into the requantiser, three registered steps (the
         # slot/chunk selection, the 33 x 18 product and its operand mux in one cycle was a 31 ns
-        # path): N0 selects the chunk and r of the slot in turn; N1 forms the partial products
-        # of 17-bit pieces of the accumulator (one multiplier block each); N2 adds them. One
+        # path): N0 selects the chunk and r of the slot in turn; N1 and N2 are the Requantizer's
+        # split product (partial products of 17-bit pieces of the accumulator, their sum). One
         # enable for the whole pipe, as in the Requantizer: every stage advances when the last
         # one is empty or taken.
-        PIECE = Requantizer.CHUNK
-        pieces = [(lo, min(lo + PIECE, SW)) for lo in range(0, SW, PIECE)]
         RW = len(slot_r[0])
         prod_advance = Signal()
         sel_valid = Signal()
         sel_acc = [Signal(signed(SW), name=f"norm_sel_acc{x}") for x in range(P)]
         sel_r = Signal(RW)
         part_valid = Signal()
-        part = [[Signal(signed(hi - lo + RW + 1), name=f"norm_part{x}_{i}")
-                 for i, (lo, hi) in enumerate(pieces)] for x in range(P)]
         prod_valid = Signal()
-        prod = [Signal(signed(SW + E_BITS + 4), name=f"norm_prod{x}") for x in range(P)]
         n_chunk = Signal(range(FM + 1))
         m.d.comb += [orq.i.valid.eq(prod_valid),
                      prod_advance.eq(~prod_valid | orq.i.ready)]
-        for x in range(P):
-            m.d.comb += orq.i.payload[x].eq(prod[x])
         feeding = Signal()
         m.d.comb += feeding.eq(slot_ready.bit_select(out_turn, 1))
         with m.If(prod_advance):
             m.d.sync += [sel_valid.eq(feeding), part_valid.eq(sel_valid),
                          prod_valid.eq(part_valid)]
-            for x in range(P):
-                for i, (lo, hi) in enumerate(pieces):
-                    piece = sel_acc[x][lo:hi]
-                    if hi == SW:                 # only the top piece carries the sign
-                        piece = piece.as_signed()
-                    m.d.sync += part[x][i].eq(piece * sel_r)
-                m.d.sync += prod[x].eq(sum(part[x][i] << lo for i, (lo, _) in enumerate(pieces)))
+            prods = [split_product(m, sel_acc[x], sel_r, SW + E_BITS + 4, name=f"norm_prod{x}")
+                     for x in range(P)]
             with m.If(feeding):
                 with m.Switch(out_turn):
                     for j in range(K):
@@ -1173,6 +1161,7 @@ class VitCoDCore(wiring.Component):
                                  out_turn.eq(Mux(out_turn == K - 1, 0, out_turn + 1))]
                 with m.Else():
                     m.d.sync += n_chunk.eq(n_chunk + 1)
+        m.d.comb += [orq.i.payload[x].eq(prods[x]) for x in range(P)]
 
         # ======================================================================================
         # Control
