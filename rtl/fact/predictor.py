@@ -223,14 +223,21 @@ class FACTPredictor(wiring.Component):
         iss_valid = Signal()          # issue this cycle (memory addresses presented)
         iss_first, iss_last = Signal(), Signal()
         iss_tag = Signal(proj_tag)
-        # the issue's flags and tag, delayed to meet the operands (BankedMemory.LATENCY cycles)
-        rd_valid, rd_first, rd_last, rd_tag = Signal(), Signal(), Signal(), Signal(proj_tag)
-        d_valid, d_first, d_last_beat = Signal(), Signal(), Signal()
-        d_tag = Signal(proj_tag)
-        m.d.sync += [rd_valid.eq(iss_valid), rd_first.eq(iss_first), rd_last.eq(iss_last),
-                     rd_tag.eq(iss_tag),
-                     d_valid.eq(rd_valid), d_first.eq(rd_first), d_last_beat.eq(rd_last),
-                     d_tag.eq(rd_tag)]
+
+        def to_operands(name, valid, first, last, tag):
+            """The issue's valid/first/last/tag delayed to meet the operand buffers' read data
+            (BankedMemory.LATENCY cycles); returns the delayed four and "a beat is in flight"."""
+            in_flight = 0
+            for stage in range(BankedMemory.LATENCY):
+                regs = [Signal.like(x, name=f"{name}_{field}{stage}")
+                        for x, field in zip((valid, first, last, tag), ("valid", "first", "last", "tag"))]
+                m.d.sync += [reg.eq(x) for reg, x in zip(regs, (valid, first, last, tag))]
+                valid, first, last, tag = regs
+                in_flight = in_flight | valid
+            return valid, first, last, tag, in_flight
+
+        d_valid, d_first, d_last_beat, d_tag, proj_reading = to_operands(
+            "proj_rd", iss_valid, iss_first, iss_last, iss_tag)
         for engine, w_rd in ((proj_q, wq_rd), (proj_k, wk_rd)):
             m.d.comb += [
                 engine.in_valid.eq(d_valid), engine.in_first.eq(d_first),
@@ -263,7 +270,7 @@ class FACTPredictor(wiring.Component):
             m.d.comb += [wr.addr.eq(r2_tag.waddr), wr.data.eq(Cat(*[code.as_value()] * P))]
             with m.If(r2_valid):
                 m.d.comb += wr.en.eq(1 << r2_tag.lane)
-        proj_busy = rd_valid | d_valid | proj_q.active | r1_valid | rb_valid | r2_valid
+        proj_busy = proj_reading | proj_q.active | r1_valid | rb_valid | r2_valid
 
         # --- score engine: LO(Q~) . LO(K~)^T into the top-k ----------------------------------
         m.submodules.score = score = LODotEngine(P, self.qk_bits, self.qk_bits, MB,
@@ -272,13 +279,8 @@ class FACTPredictor(wiring.Component):
                                               max(self.n_max - 1, 1).bit_length())
         s_iss_valid, s_iss_first, s_iss_last = Signal(), Signal(), Signal()
         s_iss_key = Signal(range(self.n_max))
-        s_rd_valid, s_rd_first, s_rd_last, s_rd_key = (Signal(), Signal(), Signal(),
-                                                       Signal.like(s_iss_key))
-        s_d_valid, s_d_first, s_d_last, s_d_key = Signal(), Signal(), Signal(), Signal.like(s_iss_key)
-        m.d.sync += [s_rd_valid.eq(s_iss_valid), s_rd_first.eq(s_iss_first),
-                     s_rd_last.eq(s_iss_last), s_rd_key.eq(s_iss_key),
-                     s_d_valid.eq(s_rd_valid), s_d_first.eq(s_rd_first),
-                     s_d_last.eq(s_rd_last), s_d_key.eq(s_rd_key)]
+        s_d_valid, s_d_first, s_d_last, s_d_key, score_reading = to_operands(
+            "score_rd", s_iss_valid, s_iss_first, s_iss_last, s_iss_key)
         m.d.comb += [
             score.in_valid.eq(s_d_valid), score.in_first.eq(s_d_first),
             score.in_last.eq(s_d_last), score.in_tag.eq(s_d_key),
@@ -286,7 +288,7 @@ class FACTPredictor(wiring.Component):
             topk.insert.eq(score.out_valid), topk.in_score.eq(score.out_sum),
             topk.in_index.eq(score.out_tag),
         ]
-        score_busy = s_rd_valid | s_d_valid | score.active | topk.busy
+        score_busy = score_reading | score.active | topk.busy
 
         # --- loop counters --------------------------------------------------------------------
         head = Signal(range(H))
