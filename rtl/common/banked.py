@@ -11,8 +11,11 @@ next cycle.
 Ports (one write, one read, both in the ``sync`` domain)::
 
     write.addr, write.data, write.en   as amaranth.lib.memory write ports (``en`` per granule)
-    read.addr  -> read.data            LATENCY = 2 cycles later (the address of cycle t is
-                                       answered in cycle t + 2; no read enable, no bypass)
+    read.addr, read.en -> read.data    a two-stage read pipeline that moves only in cycles with
+                                       ``read.en`` high (default 1): the address presented in
+                                       an enabled cycle is answered after LATENCY = 2 enabled
+                                       cycles, and ``read.data`` holds while ``en`` is low (a
+                                       reader stalled by back-pressure keeps its data); no bypass
 
 A read and a write of the same address in one cycle return the old data (as a non-transparent
 Memory read port).
@@ -59,7 +62,8 @@ class BankedMemory(wiring.Component):
                 "addr": Out(range(depth)), "data": Out(unsigned(width)),
                 "en": Out(unsigned(width // granularity))})),
             "read": In(wiring.Signature({
-                "addr": Out(range(depth)), "data": In(unsigned(width))})),
+                "addr": Out(range(depth)), "en": Out(1, init=1),
+                "data": In(unsigned(width))})),
         })
 
     def elaborate(self, platform):
@@ -72,12 +76,14 @@ class BankedMemory(wiring.Component):
                                                     init=[])
             wr = mem.write_port(granularity=self.granularity)
             rd = mem.read_port()
+            m.d.comb += rd.en.eq(self.read.en)
             hit = (self.write.addr >> lo) == b
             m.d.comb += [wr.addr.eq(self.write.addr[:lo]), wr.data.eq(self.write.data),
                          wr.en.eq(Mux(hit, self.write.en, 0)),
                          rd.addr.eq(self.read.addr[:lo])]
             data = Signal(unsigned(self.width), name=f"bank{b}_data")
-            m.d.sync += data.eq(rd.data)
+            with m.If(self.read.en):
+                m.d.sync += data.eq(rd.data)
             bank_data.append(data)
         if self.banks == 1:
             m.d.comb += self.read.data.eq(bank_data[0])
@@ -85,6 +91,7 @@ class BankedMemory(wiring.Component):
             # the bank of the address in flight, aligned with the block RAM read and the register
             sel1 = Signal(range(self.banks))
             sel2 = Signal(range(self.banks))
-            m.d.sync += [sel1.eq(self.read.addr >> lo), sel2.eq(sel1)]
+            with m.If(self.read.en):
+                m.d.sync += [sel1.eq(self.read.addr >> lo), sel2.eq(sel1)]
             m.d.comb += self.read.data.eq(Array(bank_data)[sel2])
         return m

@@ -73,6 +73,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.golden.heatvit import PKG_FRAC, RN_FRAC
+from vitaccel.rtl.common.banked import BankedMemory
 from vitaccel.rtl.common.divider import Divider, Reciprocal
 from vitaccel.rtl.common.mac_array import MACArray
 from vitaccel.rtl.common.skid import SkidBuffer
@@ -247,14 +248,18 @@ class Selector(wiring.Component):
         G = _cdiv(n_max, R)
 
         # ---- memories --------------------------------------------------------------------------
-        m.submodules.tok_mem = tok_mem = Memory(shape=signed(8), depth=(n_max + 1) * D, init=[])
+        # the token buffer is deep (197 x 192 bytes for DeiT-T: 19 block RAMs), and a plain
+        # Memory puts its depth multiplexer straight behind the block RAMs (the ULX3S critical
+        # path); BankedMemory registers each block's output first, so every reader below takes
+        # its byte LATENCY = 2 enabled cycles after the address
+        m.submodules.tok_mem = tok_mem = BankedMemory(8, (n_max + 1) * D, bank_depth=2048)
         # tokens_out leaves through a register slice: its payload is the token RAM's read data
         # behind the bank multiplexer (or the package requantiser), which would otherwise run on
         # into the consumer's logic (the host link's UART shift register: the ULX3S critical path)
         m.submodules.out_skid = out_skid = SkidBuffer(signed(8))
         wiring.connect(m, out_skid.o, wiring.flipped(self.tokens_out))
         tok_out = out_skid.i
-        tok_wr, tok_rd = tok_mem.write_port(), tok_mem.read_port()
+        tok_wr, tok_rd = tok_mem.write, tok_mem.read
         # the activation scratchpad is two banks (even / odd word addresses): the GELU write-back
         # stores two output channels of a token per cycle, and their addresses A, A + 1 always
         # fall in different banks whatever the region base or stride
@@ -629,6 +634,7 @@ class Selector(wiring.Component):
         ln_t = Signal(range(n_max + 1))     # candidate index of the next read
         ln_j = Signal(range(d))
         ln_addr = Signal(range((n_max + 1) * D + 1))
+        ln_ra = Signal()                    # a read for the LN is in the token buffer's pipeline
         ln_rv = Signal()                    # tok_rd.data holds a beat for the LN
         # ln_q / ln_qv: that beat once more in a register, so the block-RAM output does not run
         # straight into the LayerNorm's square-and-accumulate; one enable (ln_adv) moves both
@@ -707,9 +713,11 @@ class Selector(wiring.Component):
         prow = Signal(range((n_max + 1) * D + 1))
         p_rv, p_c_d, p_first = Signal(), Signal(range(D)), Signal()
         p_w = Signal(unsigned(10))
-        # the package accumulation after the token read: PK1 the byte in a register, PK2 the
-        # product w * x in a register, then acc[c] (+)= product (distributed-RAM read-add-write).
-        # The same column comes back only D cycles later, so the read never sees a stale value.
+        # the package accumulation after the token read: PR the read's second cycle (the token
+        # buffer's bank register), PK1 the byte in a register, PK2 the product w * x in a
+        # register, then acc[c] (+)= product (distributed-RAM read-add-write). The same column
+        # comes back only D cycles later, so the read never sees a stale value.
+        pr_v, pr_c, pr_w = Signal(), Signal(range(D)), Signal(unsigned(10))
         pk1_v, pk2_v = Signal(), Signal()
         pk1_x = Signal(signed(8))
         pk1_w = Signal(unsigned(10))
@@ -717,7 +725,8 @@ class Selector(wiring.Component):
         pk2_prod = Signal((pk1_w * pk1_x).shape())
         pkg_den = Signal(unsigned(24))      # the reciprocal's input, registered during PKG
         pkg_r = Signal(PKG_FRAC + 2)
-        out_rv = Signal()
+        out_ra = Signal()                   # an output read is in the token buffer's pipeline
+        out_rv = Signal()                   # tok_rd.data holds an output byte
         out_row = Signal(range(n_max + 2))
         out_c = Signal(range(D))
         out_addr = Signal(range((n_max + 1) * D + 1))
@@ -732,7 +741,8 @@ class Selector(wiring.Component):
                                        Mux(phase_out, out_addr, tok_rd_addr_ln)))
 
         # package accumulation pipeline (see pk1_v): runs on its own, the PKG state feeds it
-        m.d.sync += [pk1_v.eq(p_rv), pk1_x.eq(tok_rd.data), pk1_w.eq(p_w), pk1_c.eq(p_c_d),
+        m.d.sync += [pr_v.eq(p_rv), pr_c.eq(p_c_d), pr_w.eq(p_w),
+                     pk1_v.eq(pr_v), pk1_x.eq(tok_rd.data), pk1_w.eq(pr_w), pk1_c.eq(pr_c),
                      pk2_v.eq(pk1_v), pk2_prod.eq(pk1_w * pk1_x), pk2_c.eq(pk1_c)]
         # the read address is the pipeline's column while it runs, else the output's (OUT_PKG);
         # chosen by pk2_v, a register, rather than by the sequencer state
@@ -815,8 +825,8 @@ class Selector(wiring.Component):
                     m.d.sync += rn.eq(recip_n.o.payload.value)
                     m.next = "LN_START"
             with m.State("LN_START"):
-                m.d.sync += [ln_t.eq(0), ln_j.eq(0), ln_addr.eq(D + head * d), ln_rv.eq(0),
-                             ln_qv.eq(0),
+                m.d.sync += [ln_t.eq(0), ln_j.eq(0), ln_addr.eq(D + head * d), ln_ra.eq(0),
+                             ln_rv.eq(0), ln_qv.eq(0),
                              ly_t.eq(0), ly_j.eq(0), ls_t.eq(0), ly_tg.eq(0), ly_r.eq(0),
                              ls_addr.eq(P.act["E"] + head), ls_r.eq(0)]
                 m.next = "LN"
@@ -824,7 +834,8 @@ class Selector(wiring.Component):
                 m.d.comb += ln_feed.eq(1)
                 m.d.comb += tok_rd.en.eq(ln_adv)
                 with m.If(ln_adv):
-                    m.d.sync += [ln_rv.eq(ln_issue), ln_qv.eq(ln_rv), ln_q.eq(tok_rd.data)]
+                    m.d.sync += [ln_ra.eq(ln_issue), ln_rv.eq(ln_ra), ln_qv.eq(ln_rv),
+                                 ln_q.eq(tok_rd.data)]
                     with m.If(ln_issue):
                         with m.If(ln_j == d - 1):
                             m.d.sync += [ln_j.eq(0), ln_t.eq(ln_t + 1), ln_addr.eq(ln_addr + D - d + 1)]
@@ -988,7 +999,7 @@ class Selector(wiring.Component):
                             m.d.sync += pc.eq(pc + 1)
                 with m.Else():
                     m.d.sync += p_rv.eq(0)
-                    with m.If(~p_rv & ~pk1_v & ~pk2_v):
+                    with m.If(~p_rv & ~pr_v & ~pk1_v & ~pk2_v):
                         m.next = "PKG_RECIP"
             with m.State("PKG_RECIP"):
                 m.d.comb += [recip.i.valid.eq(1), recip.i.payload.eq(pkg_den)]
@@ -1002,7 +1013,8 @@ class Selector(wiring.Component):
 
             # output: CLS, the kept rows, then the package through the requantiser
             with m.State("OUT_START"):
-                m.d.sync += [out_row.eq(0), out_c.eq(0), out_addr.eq(0), out_rv.eq(0),
+                m.d.sync += [out_row.eq(0), out_c.eq(0), out_addr.eq(0), out_ra.eq(0),
+                             out_rv.eq(0),
                              pkg_sent.eq(0), pkg_recv.eq(0),
                              keep_sh.eq(Cat(Const(1, 1), keep_mem))]     # row 0 = CLS: kept
                 m.next = "OUT_ROWS"
@@ -1013,19 +1025,19 @@ class Selector(wiring.Component):
                 m.d.comb += [tok_out.valid.eq(out_rv),
                              tok_out.payload.eq(tok_rd.data), tok_rd.en.eq(out_adv)]
                 with m.If(out_adv):
-                    m.d.sync += out_rv.eq(0)
+                    m.d.sync += [out_ra.eq(0), out_rv.eq(out_ra)]
                     with m.If(out_row <= n):
                         with m.If(~row_kept):
                             m.d.sync += [out_row.eq(out_row + 1), out_addr.eq(out_addr + D),
                                          keep_sh.eq(keep_sh >> 1)]
                         with m.Else():
-                            m.d.sync += out_rv.eq(1)
+                            m.d.sync += out_ra.eq(1)
                             with m.If(out_c == D - 1):
                                 m.d.sync += [out_c.eq(0), out_row.eq(out_row + 1),
                                              out_addr.eq(out_addr + 1), keep_sh.eq(keep_sh >> 1)]
                             with m.Else():
                                 m.d.sync += [out_c.eq(out_c + 1), out_addr.eq(out_addr + 1)]
-                    with m.Elif(~out_rv):
+                    with m.Elif(~out_ra & ~out_rv):
                         m.d.sync += out_c.eq(0)
                         m.next = "OUT_PKG_CHECK"
             with m.State("OUT_PKG_CHECK"):
