@@ -37,7 +37,7 @@ Steps and blocks::
 
 Flow control: a single enable ``en`` (the Requantizer's input ready) advances the issue stage,
 the operand stage, the systolic array and the requantiser together, so output back-pressure
-freezes the datapath without any skid buffer. A pass is at least ``rows + cols + 2`` steps (idle
+freezes the datapath without any skid buffer. A pass is at least ``rows + cols + 3`` steps (idle
 slots are inserted for short passes) so that a partial sum written back by one pass is in the
 buffer before the next pass reads it, and the array's shadow tile is free again.
 """
@@ -49,6 +49,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.golden.vitality import ACC_BITS, GQ_BITS, KBAR_FRAC, OPERAND_BITS, Params
+from vitaccel.rtl.common.banked import BankedMemory
 from vitaccel.rtl.common.requant import Requantizer
 from vitaccel.rtl.common.skid import SkidBuffer
 
@@ -92,7 +93,7 @@ class VitalityCore(wiring.Component):
         self.a_tiles = _ceil_div(d, rows)
         self.b_tiles = _ceil_div(d, cols)
         self.t_tiles = _ceil_div(n_max, rows)
-        self.min_pass = rows + cols + 2
+        self.min_pass = rows + cols + 1 + BankedMemory.LATENCY
         super().__init__({
             "cmd": In(stream.Signature(cmd_layout(n_max))),
             "k": In(stream.Signature(data.ArrayLayout(signed(8), rows))),
@@ -128,23 +129,25 @@ class VitalityCore(wiring.Component):
         # gq_mem [at * BT + bt]             R*C int16 Gq tiles, lane group r = feature at*R + r
         # t_mem  [i]                        C int32   T_N partial sums across feature tiles
         # r_mem  [i]                        r[i] and the clamped flag of row i
-        m.submodules.k_mem = k_mem = Memory(shape=unsigned(8 * R), depth=TT * d, init=[])
-        m.submodules.v_mem = v_mem = Memory(shape=unsigned(8 * R * C), depth=TT * BT, init=[])
+        # SA-General's buffers answer in BankedMemory.LATENCY = 2 enabled steps (every block
+        # RAM's output is registered beside it before any depth multiplexer: block RAM -> depth
+        # mux -> centring subtract was the ULX3S critical path); q_mem has a second read port
+        # for SA-Diag, so it stays a Memory and its SA-General read data gets the same register
+        m.submodules.k_mem = k_mem = BankedMemory(8 * R, TT * d)
+        m.submodules.v_mem = v_mem = BankedMemory(8 * R * C, TT * BT, granularity=8 * R)
         m.submodules.q_mem = q_mem = Memory(shape=unsigned(8 * R), depth=n_max * AT, init=[])
-        m.submodules.g_mem = g_mem = Memory(shape=unsigned(ACC_BITS * C), depth=d * BT, init=[])
-        m.submodules.gq_mem = gq_mem = Memory(shape=unsigned(GQ_BITS * R * C), depth=AT * BT,
-                                              init=[])
-        m.submodules.t_mem = t_mem = Memory(shape=unsigned(ACC_BITS * C), depth=n_max, init=[])
-        m.submodules.r_mem = r_mem = Memory(shape=unsigned(p.recip_bits + 1), depth=n_max,
-                                            init=[])
-        k_wr, v_wr, q_wr = (k_mem.write_port(), v_mem.write_port(granularity=8 * R),
-                            q_mem.write_port())
-        g_wr, gq_wr = g_mem.write_port(), gq_mem.write_port(granularity=GQ_BITS * C)
-        t_wr, r_wr = t_mem.write_port(), r_mem.write_port()
+        m.submodules.g_mem = g_mem = BankedMemory(ACC_BITS * C, d * BT)
+        m.submodules.gq_mem = gq_mem = BankedMemory(GQ_BITS * R * C, AT * BT,
+                                                    granularity=GQ_BITS * C)
+        m.submodules.t_mem = t_mem = BankedMemory(ACC_BITS * C, n_max)
+        m.submodules.r_mem = r_mem = BankedMemory(p.recip_bits + 1, n_max)
+        k_wr, v_wr, q_wr = k_mem.write, v_mem.write, q_mem.write_port()
+        g_wr, gq_wr, t_wr, r_wr = g_mem.write, gq_mem.write, t_mem.write, r_mem.write
         k_rd, v_rd, q_rd, g_rd, gq_rd, t_rd, r_rd = (
-            k_mem.read_port(), v_mem.read_port(), q_mem.read_port(), g_mem.read_port(),
-            gq_mem.read_port(), t_mem.read_port(), r_mem.read_port())
+            k_mem.read, v_mem.read, q_mem.read_port(), g_mem.read, gq_mem.read, t_mem.read,
+            r_mem.read)
         q_rd_diag = q_mem.read_port()
+        q_rd_data = Signal.like(q_rd.data)       # q_rd.data one enabled step later (LATENCY 2)
 
         # accumulator array: column sums of K and V (step 1), k^_sum (step 3)
         ksum = [Signal(signed(p.ksum_bits), name=f"ksum{a}") for a in range(d)]
@@ -275,15 +278,29 @@ class VitalityCore(wiring.Component):
         issue_g = Signal()
         issue_t = Signal()
         slot_valid = Signal()
-        # S1 registers (operand stage), loaded when ``en``
+        # SR registers (the reads' first cycle), loaded when ``en`` from the issue counters; S1
+        # (operand stage) is the same set one enabled step later, aligned with the buffers' data
+        sr_valid, sr_phase_t, sr_tag, sr_first, sr_bt0 = (Signal(name=f"sr_{x}") for x in (
+            "valid", "phase_t", "tag", "first", "bt0"))
+        sr_tokens = Signal(range(R + 1))              # valid token lanes (step 2)
+        sr_kbar = Signal(signed(p.kbar_bits))
+        sr_a = Signal(range(d))
+        sr_vsum = [Signal(signed(p.vsum_bits), name=f"sr_vsum{c}") for c in range(C)]
+        sr_cols = Signal(range(C + 1))                # valid V columns of the tile (step 2)
+        sr_side = Signal(side_layout)
+
         s1_valid, s1_phase_t, s1_tag, s1_first, s1_bt0 = (Signal(name=f"s1_{x}") for x in (
             "valid", "phase_t", "tag", "first", "bt0"))
-        s1_tokens = Signal(range(R + 1))              # valid token lanes (step 2)
-        s1_kbar = Signal(signed(p.kbar_bits))
-        s1_a = Signal(range(d))
-        s1_vsum = [Signal(signed(p.vsum_bits), name=f"s1_vsum{c}") for c in range(C)]
-        s1_cols = Signal(range(C + 1))                # valid V columns of the tile (step 2)
+        s1_tokens, s1_kbar = Signal.like(sr_tokens, name="s1_tokens"), Signal.like(sr_kbar, name="s1_kbar")
+        s1_a, s1_cols = Signal.like(sr_a, name="s1_a"), Signal.like(sr_cols, name="s1_cols")
+        s1_vsum = [Signal.like(x, name=f"s1_vsum{c}") for c, x in enumerate(sr_vsum)]
         s1_side = Signal(side_layout)
+        with m.If(en):
+            m.d.sync += [dst.eq(src) for dst, src in zip(
+                [s1_valid, s1_phase_t, s1_tag, s1_first, s1_bt0, s1_tokens, s1_kbar, s1_a,
+                 s1_cols, s1_side, *s1_vsum],
+                [sr_valid, sr_phase_t, sr_tag, sr_first, sr_bt0, sr_tokens, sr_kbar, sr_a,
+                 sr_cols, sr_side, *sr_vsum])]
 
         for port in (k_rd, v_rd, q_rd, g_rd, gq_rd, t_rd, r_rd):
             m.d.comb += port.en.eq(en)
@@ -303,32 +320,32 @@ class VitalityCore(wiring.Component):
         t_wait = t_last_pass & (t_slot < n) & ~recip_ready
 
         with m.If(en):
-            m.d.sync += [s1_valid.eq(slot_valid), s1_phase_t.eq(issue_t)]
+            m.d.sync += [sr_valid.eq(slot_valid), sr_phase_t.eq(issue_t)]
             with m.If(issue_g):
                 rows_left = n - g_i0
                 m.d.sync += [
-                    s1_tag.eq(g_slot == 0),
-                    s1_first.eq(g_i0 == 0),
-                    s1_bt0.eq(g_bt == 0),
-                    s1_tokens.eq(Mux(rows_left >= R, R, rows_left)),
-                    s1_kbar.eq(Array(kbar)[g_slot] if d > 1 else kbar[0]),
-                    s1_a.eq(g_slot),
-                    s1_cols.eq(Mux(g_bt * C + C <= d, C, d - g_bt * C)),
-                    s1_side.addr.eq(g_gbase + g_slot),
-                    s1_side.gq_word.eq(g_gqword),
-                    s1_side.gq_lane.eq(g_ar),
-                    s1_side.last.eq(g_i0 + R >= n),
+                    sr_tag.eq(g_slot == 0),
+                    sr_first.eq(g_i0 == 0),
+                    sr_bt0.eq(g_bt == 0),
+                    sr_tokens.eq(Mux(rows_left >= R, R, rows_left)),
+                    sr_kbar.eq(Array(kbar)[g_slot] if d > 1 else kbar[0]),
+                    sr_a.eq(g_slot),
+                    sr_cols.eq(Mux(g_bt * C + C <= d, C, d - g_bt * C)),
+                    sr_side.addr.eq(g_gbase + g_slot),
+                    sr_side.gq_word.eq(g_gqword),
+                    sr_side.gq_lane.eq(g_ar),
+                    sr_side.last.eq(g_i0 + R >= n),
                 ]
             with m.If(issue_t):
                 m.d.sync += [
-                    s1_tag.eq(t_slot == 0),
-                    s1_first.eq(t_at == 0),
-                    s1_bt0.eq(0),
-                    s1_side.addr.eq(t_slot),
-                    s1_side.last.eq(t_last_pass),
+                    sr_tag.eq(t_slot == 0),
+                    sr_first.eq(t_at == 0),
+                    sr_bt0.eq(0),
+                    sr_side.addr.eq(t_slot),
+                    sr_side.last.eq(t_last_pass),
                 ]
                 for c in range(C):
-                    m.d.sync += s1_vsum[c].eq(Array(
+                    m.d.sync += sr_vsum[c].eq(Array(
                         [vsum[bt * C + c] if bt * C + c < d else Const(0, 1)
                          for bt in range(BT)])[t_bt])
 
@@ -395,7 +412,7 @@ class VitalityCore(wiring.Component):
             with m.State("G_DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 # Gq must be complete before step 5 reads it, and Q must be in its buffer.
-                with m.If(~s1_valid & ~sa.busy & ~q_busy):
+                with m.If(~sr_valid & ~s1_valid & ~sa.busy & ~q_busy):
                     m.d.sync += [t_slot.eq(0), t_bt.eq(0), t_at.eq(0), t_qaddr.eq(0),
                                  t_gqword.eq(0)]
                     m.next = "T"
@@ -429,7 +446,9 @@ class VitalityCore(wiring.Component):
         for r in range(R):
             k_lane = k_rd.data.word_select(r, 8).as_signed()
             m.d.comb += khat[r].eq(Mux(r < s1_tokens, (k_lane << F) - s1_kbar, 0))
-        q_lanes_rd = [q_rd.data.word_select(r, 8).as_signed() for r in range(R)]
+        with m.If(en):
+            m.d.sync += q_rd_data.eq(q_rd.data)
+        q_lanes_rd = [q_rd_data.word_select(r, 8).as_signed() for r in range(R)]
         for r in range(R):
             m.d.comb += sa.i_x[r].eq(Mux(s1_phase_t, q_lanes_rd[r], khat[r]))
         for c in range(C):
@@ -565,7 +584,8 @@ class VitalityCore(wiring.Component):
         else:
             self._sa_diag(m, p, start, n, n_cd, khs, q_busy, q_rd_diag, recip_div,
                           pending_clamped,
-                          (s1_valid & ~s1_phase_t & s1_bt0) | khat_valid | khs_row_valid,
+                          (sr_valid & ~sr_phase_t & sr_bt0) | (s1_valid & ~s1_phase_t & s1_bt0)
+                          | khat_valid | khs_row_valid,
                           issue_g & (g_bt == 0))
         return m
 

@@ -154,7 +154,7 @@ def make_job(cfg: Config, q, k, v, stalls=True) -> Job:
         for i in range(n):
             for a0 in range(0, d, R):
                 qb.append(pack(qt[i, a0:a0 + R], 8))
-    bt, at, min_pass = -(-d // C), -(-d // R), R + C + 2
+    bt, at, min_pass = -(-d // C), -(-d // R), R + C + 3     # VitalityCore.min_pass
     estimate = h * (-(-n // R) * d + -(-d // cfg.div_lanes) * 40
                     + bt * -(-n // R) * max(d, min_pass)
                     + bt * at * max(n, min_pass) + n * (at + 70))
