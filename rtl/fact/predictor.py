@@ -144,9 +144,9 @@ class FACTPredictor(wiring.Component):
         bk_wr, bk_rd = bk_mem.write_port(), bk_mem.read_port()
         k_wr, k_rd = k_mem.write, k_mem.read
         q_wr, q_rd = q_mem.write, q_mem.read
-        # Not transparent: the read-modify-write below never reads an address within two cycles
-        # of writing it (the keys of a row are distinct, and rows are >= 10 cycles apart), and a
-        # bypass mux would lengthen the block RAM output path, the slowest path of the unit.
+        # Not transparent: the read-modify-write below never reads an address within three
+        # cycles of writing it (the keys of a row are distinct, and rows are >= 10 cycles apart),
+        # and a bypass mux would lengthen the block RAM output path.
         imp_wr = imp_mem.write_port()
         imp_rd = imp_mem.read_port()
 
@@ -317,12 +317,22 @@ class FACTPredictor(wiring.Component):
         keep = Signal(self.n_max)
         clr = Signal(range(self.n_max + 1))
         imp_next = Signal(range(self.n_max + 1))
+        # The importance RAM's read address is always this register and its write address and
+        # enable come from registers only: the select handshake -> read address path (through
+        # the sequencer state and the one-hot decision) was the ULX3S critical path.
+        imp_raddr = Signal(range(self.n_max))
+        clearing = Signal()                           # LOAD: zeroing the importance counters
         imp_valid = Signal()
         imp_count = Signal(count_width)              # registered importance beat
         imp_high = Signal()
-        # importance update pipeline: read (select handshake) -> register the count -> write +1
-        upd_valid, upd_addr = Signal(), Signal(range(self.n_max))
-        upd2_valid, upd2_addr, upd2_count = Signal(), Signal(range(self.n_max)), Signal(count_width)
+        # importance update pipeline, one beat per select beat: the handshake loads imp_raddr
+        # (UPD), the RAM reads it (UPD2: data out), the count is registered (UPD3) and written
+        # back + inc. Every beat goes through, inc = 0 for a one-hot row's other keys, so the
+        # pipeline's timing (and the cycle count) does not depend on the data.
+        upd_valid, upd_inc = Signal(), Signal()
+        upd2_valid, upd2_addr, upd2_inc = Signal(), Signal(range(self.n_max)), Signal()
+        upd3_valid, upd3_addr, upd3_inc = Signal(), Signal(range(self.n_max)), Signal()
+        upd3_count = Signal(count_width)
         cycles = Signal(32)
         m.d.comb += self.cycles.eq(cycles)
 
@@ -335,12 +345,20 @@ class FACTPredictor(wiring.Component):
             s_iss_first.eq(st == 0), s_iss_last.eq(st == hw_last), s_iss_key.eq(key),
         ]
 
-        # importance read-modify-write: read on a select handshake, write +1 one cycle later
-        m.d.sync += [upd_valid.eq(0), upd2_valid.eq(upd_valid), upd2_addr.eq(upd_addr),
-                     upd2_count.eq(imp_rd.data)]
-        with m.If(upd2_valid):
-            m.d.comb += [imp_wr.addr.eq(upd2_addr), imp_wr.data.eq(upd2_count + 1), imp_wr.en.eq(1)]
-        m.d.comb += imp_rd.en.eq(0)
+        # importance read-modify-write (see upd_valid)
+        m.d.comb += imp_rd.addr.eq(imp_raddr)
+        m.d.sync += [upd_valid.eq(0),
+                     upd2_valid.eq(upd_valid), upd2_addr.eq(imp_raddr), upd2_inc.eq(upd_inc),
+                     upd3_valid.eq(upd2_valid), upd3_addr.eq(upd2_addr), upd3_inc.eq(upd2_inc),
+                     upd3_count.eq(imp_rd.data)]
+        with m.If(upd3_valid):
+            m.d.comb += [imp_wr.addr.eq(upd3_addr), imp_wr.data.eq(upd3_count + upd3_inc),
+                         imp_wr.en.eq(1)]
+        with m.Elif(clearing):                  # never together: clearing ends before any select
+            m.d.comb += [imp_wr.addr.eq(clr), imp_wr.data.eq(0), imp_wr.en.eq(1)]
+            m.d.sync += clr.eq(clr + 1)
+            with m.If(clr == n_last):
+                m.d.sync += clearing.eq(0)
 
         sel = self.select.payload
         # The row's top-k keys, copied from the sorter once per row and shifted down one entry per
@@ -367,7 +385,8 @@ class FACTPredictor(wiring.Component):
                             d_last.eq((cmd.row_words << lg_p) - 1),
                             *x_reset, *wq_reset, *wk_reset,
                             bq_addr.eq(0), bk_addr.eq(0), bq_done.eq(0), bk_done.eq(0),
-                            clr.eq(0), cycles.eq(0), head.eq(0), head_wbase.eq(0), head_col.eq(0),
+                            clr.eq(0), clearing.eq(1), cycles.eq(0), head.eq(0), head_wbase.eq(0),
+                            head_col.eq(0),
                         ]
                         m.next = "LOAD"
                     with m.Else():
@@ -377,10 +396,8 @@ class FACTPredictor(wiring.Component):
                 m.d.comb += [self.x.ready.eq(~x_done), self.wq.ready.eq(~wq_done),
                              self.wk.ready.eq(~wk_done), self.bq.ready.eq(~bq_done),
                              self.bk.ready.eq(~bk_done)]
-                with m.If(clr != n_reg):           # zero the importance counters meanwhile
-                    m.d.comb += [imp_wr.addr.eq(clr), imp_wr.data.eq(0), imp_wr.en.eq(1)]
-                    m.d.sync += clr.eq(clr + 1)
-                with m.If(x_done & wq_done & wk_done & bq_done & bk_done & (clr == n_reg)):
+                # the importance counters are zeroed meanwhile (see clearing)
+                with m.If(x_done & wq_done & wk_done & bq_done & bk_done & ~clearing):
                     m.next = "HEAD"
 
             with m.State("HEAD"):
@@ -449,10 +466,11 @@ class FACTPredictor(wiring.Component):
                 with m.If(self.select.ready):
                     m.d.sync += rank.eq(rank + 1)
                     m.d.sync += [ranked[e].eq(ranked[e + 1]) for e in range(self.k_max - 1)]
-                    with m.If(~onehot | (rank == 0)):      # a one-hot row counts its argmax only
-                        m.d.sync += [keep.bit_select(sel.key, 1).eq(1),
-                                     upd_valid.eq(1), upd_addr.eq(sel.key)]
-                        m.d.comb += [imp_rd.addr.eq(sel.key), imp_rd.en.eq(1)]
+                    # a one-hot row counts (and keeps) its argmax only
+                    counted = ~onehot | (rank == 0)
+                    m.d.sync += [upd_valid.eq(1), upd_inc.eq(counted), imp_raddr.eq(sel.key)]
+                    with m.If(counted):
+                        m.d.sync += keep.bit_select(sel.key, 1).eq(1)
                     with m.If(sel.last):
                         m.d.sync += [row.eq(row + 1), row_qbase.eq(row_qbase + hw_reg)]
                         with m.If(row == n_last):
@@ -464,7 +482,7 @@ class FACTPredictor(wiring.Component):
                 m.d.comb += self.keep.valid.eq(1)
                 with m.If(self.keep.ready):
                     with m.If(head == H - 1):
-                        m.d.sync += [imp_next.eq(0), imp_valid.eq(0)]
+                        m.d.sync += [imp_next.eq(0), imp_valid.eq(0), imp_raddr.eq(0)]
                         m.next = "IMPORTANCE"
                     with m.Else():
                         m.d.sync += [head.eq(head + 1), head_wbase.eq(next_wbase),
@@ -474,10 +492,10 @@ class FACTPredictor(wiring.Component):
             with m.State("IMPORTANCE"):
                 # One beat per four cycles (read, register, compare, send): the block RAM output
                 # only ever meets a flip-flop, never the host's logic. N beats once per command.
+                # imp_raddr already holds imp_next (set by KEEP and by the previous SEND).
                 with m.If(imp_next == n_reg):
                     m.next = "IDLE"
-                with m.Elif(~upd_valid & ~upd2_valid):      # the last update has landed
-                    m.d.comb += [imp_rd.addr.eq(imp_next), imp_rd.en.eq(1)]
+                with m.Elif(~upd_valid & ~upd2_valid & ~upd3_valid):   # the last update landed
                     m.next = "IMPORTANCE_LATCH"
 
             with m.State("IMPORTANCE_LATCH"):
@@ -490,7 +508,8 @@ class FACTPredictor(wiring.Component):
 
             with m.State("IMPORTANCE_SEND"):
                 with m.If(self.importance.ready):
-                    m.d.sync += [imp_valid.eq(0), imp_next.eq(imp_next + 1)]
+                    m.d.sync += [imp_valid.eq(0), imp_next.eq(imp_next + 1),
+                                 imp_raddr.eq(imp_next + 1)]
                     m.next = "IMPORTANCE"
 
         # busy / cycles: everything after the loads, up to the last importance beat

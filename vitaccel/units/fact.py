@@ -208,7 +208,9 @@ def expected_compute_cycles(cfg: Config, n: int, d_model: int) -> int:
     # the sorter takes a key every other cycle at most: one-word keys leave a gap after each
     score = n * hw if hw > 1 else 2 * n - 1
     row = 1 + score + score_drain + 2 + cfg.k                # ROW, SCORE, DECIDE x2, SELECT
-    return cfg.heads * (projections + n * row + 1) + 4 * n + 1   # + KEEP per head, IMPORTANCE
+    # + KEEP per head; IMPORTANCE waits 2 cycles for the last select beat's importance write,
+    # then 4 cycles per token
+    return cfg.heads * (projections + n * row + 1) + 2 + 4 * n
 
 
 def make_job(cfg: Config, x, wq, wk, bq=None, bk=None, stalls=True) -> Job:
