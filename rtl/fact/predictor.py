@@ -28,7 +28,7 @@ Protocol (one problem per ``cmd`` beat; sizes and thresholds are run-time regist
 4. After the last head: ``importance``: N beats {count, high} (high = count >= threshold).
 
 Schedule (no stalls): per head ``N*d*D/lanes`` cycles of projection, then per row
-``N*max(d/lanes, 2)`` cycles of scores (the top-k sorter takes a key every other cycle) plus the ``k`` select beats and a short pipeline drain (see
+``N*d/lanes`` cycles of scores plus the ``k`` select beats and a short pipeline drain (see
 ``vitaccel.units.fact.expected_compute_cycles``). The engines are fixed-latency pipelines; only
 the stream ports wait for their partners.
 """
@@ -311,7 +311,6 @@ class FACTPredictor(wiring.Component):
         st = Signal(range(hw_max))                 # word within the head for scores
         rank = Signal(range(self.k_max))
         onehot = Signal()
-        score_gap = Signal()                       # SCORE: idle cycle after a one-word key
         gap = Signal(unsigned(self.score_width))      # best - second best >= 0
         second_valid = Signal()
         keep = Signal(self.n_max)
@@ -429,23 +428,19 @@ class FACTPredictor(wiring.Component):
                     m.next = "ROW"
 
             with m.State("ROW"):
-                m.d.sync += [key.eq(0), key_base.eq(0), st.eq(0), score_gap.eq(0)]
+                m.d.sync += [key.eq(0), key_base.eq(0), st.eq(0)]
                 m.d.comb += topk.clear.eq(1)
                 m.next = "SCORE"
 
             with m.State("SCORE"):
-                # The top-k sorter takes a score at most every other cycle: with one word per
-                # key (d == lanes) every key is followed by an idle cycle.
-                with m.If(score_gap):
-                    m.d.sync += score_gap.eq(0)
-                with m.Else():
-                    m.d.comb += s_iss_valid.eq(1)
-                    m.d.sync += st.eq(st + 1)
-                    with m.If(st == hw_last):
-                        m.d.sync += [st.eq(0), key.eq(key + 1), key_base.eq(key_base + hw_reg),
-                                     score_gap.eq(hw_last == 0)]
-                        with m.If(key == n_last):
-                            m.next = "SCORE_DRAIN"
+                # one word per cycle; the top-k sorter takes a score every cycle, so one-word
+                # keys (d == lanes) stream back to back
+                m.d.comb += s_iss_valid.eq(1)
+                m.d.sync += st.eq(st + 1)
+                with m.If(st == hw_last):
+                    m.d.sync += [st.eq(0), key.eq(key + 1), key_base.eq(key_base + hw_reg)]
+                    with m.If(key == n_last):
+                        m.next = "SCORE_DRAIN"
 
             with m.State("SCORE_DRAIN"):
                 with m.If(~score_busy):

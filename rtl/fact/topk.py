@@ -1,4 +1,4 @@
-"""Streaming top-k: a sorted register array that takes one (score, index) every other cycle.
+"""Streaming top-k: a sorted register array that takes one (score, index) per cycle.
 
 ``k_max`` entries, kept sorted by descending score. An insert compares the new score with every
 entry at once (``k_max`` comparators, no loop-carried chain): ``stay[e] = valid[e] & score[e] >=
@@ -11,15 +11,19 @@ Pipeline: the element is registered on ``insert`` (a private copy of the score, 
 output register does not fan out to ``k_max`` comparators), compared in the next cycle (``stay``
 registered), and written in the cycle after. Done in one cycle, the ~50-bit compare, the
 prefix decode and the enables of every entry's flip-flops were the FACT unit's ULX3S critical
-path (13.6 ns). The array a compare reads must already hold the previous element, so inserts
-must be at least :attr:`MIN_SPACING` cycles apart; ``busy`` is high while an element is in flight.
+path (13.6 ns). An element compared while the previous one is being written must see the array
+as that write leaves it: each entry then holds its own value (it stays), the written element,
+or its upper neighbour's value (shifted down), all known from the previous ``stay``, so the
+compare forwards: ``k_max + 1`` comparators (the entries and the element being written) and a
+three-way choice per entry, which costs two LUT levels after the carry chains. ``busy`` is high
+while an element is in flight.
 
 The run-time ``k`` (<= ``k_max``) is applied by the reader, who takes entries ``0 .. k-1``; the
 unit always keeps ``k_max`` so the one-hot rule can compare entries 0 and 1 even for ``k = 1``.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -28,11 +32,9 @@ __all__ = ["TopKSorter"]
 
 class TopKSorter(wiring.Component):
     """Ports: ``clear`` (empties the array, drops an element in flight), ``insert`` /
-    ``in_score`` / ``in_index`` (one element, at most every :attr:`MIN_SPACING` cycles), ``busy``
+    ``in_score`` / ``in_index`` (one element per cycle at most), ``busy``
     and the sorted ``score``, ``index``, ``valid`` arrays (registered)."""
 
-    #: Cycles from one ``insert`` to the next, at least.
-    MIN_SPACING = 2
     #: Cycles from ``insert`` until the element is in the arrays (``busy`` meanwhile).
     LATENCY = 3
 
@@ -64,9 +66,18 @@ class TopKSorter(wiring.Component):
         put_valid = Signal()
         put_score, put_index = Signal.like(self.in_score), Signal.like(self.in_index)
         stay = Signal(K)
+        # what stage 3 does to entry e this cycle (from the previous element's stay)
+        take_new = [~stay[e] if e == 0 else (stay[e - 1] & ~stay[e]) for e in range(K)]
+        # the compare against the array as this cycle's write leaves it (see the module doc)
+        holds = [self.valid[e] & (self.score[e] >= new_score) for e in range(K)]
+        put_holds = put_score >= new_score
+        stay_next = []
+        for e in range(K):
+            written = Mux(stay[e], holds[e], Mux(take_new[e], put_holds,
+                                                 holds[e - 1] if e > 0 else 0))
+            stay_next.append(Mux(put_valid, written, holds[e]))
         m.d.sync += [put_valid.eq(new_valid & ~self.clear), put_score.eq(new_score),
-                     put_index.eq(new_index),
-                     stay.eq(Cat(*[self.valid[e] & (self.score[e] >= new_score) for e in range(K)]))]
+                     put_index.eq(new_index), stay.eq(Cat(*stay_next))]
         m.d.comb += self.busy.eq(new_valid | put_valid)
         # stage 3: write
         with m.If(self.clear):
@@ -74,8 +85,7 @@ class TopKSorter(wiring.Component):
                 m.d.sync += self.valid[e].eq(0)
         with m.Elif(put_valid):
             for e in range(K):
-                take_new = ~stay[e] if e == 0 else (stay[e - 1] & ~stay[e])
-                with m.If(take_new):
+                with m.If(take_new[e]):
                     m.d.sync += [self.score[e].eq(put_score), self.index[e].eq(put_index),
                                  self.valid[e].eq(1)]
                 if e > 0:

@@ -205,8 +205,7 @@ def expected_compute_cycles(cfg: Config, n: int, d_model: int) -> int:
     # read (2), codes, shift, negate, tree, accumulate; then the top-k's element and compare stages
     score_drain = 7 + levels + 2
     projections = 1 + n * d * rw + proj_drain                # HEAD, PROJECT, PROJECT_DRAIN
-    # the sorter takes a key every other cycle at most: one-word keys leave a gap after each
-    score = n * hw if hw > 1 else 2 * n - 1
+    score = n * hw
     row = 1 + score + score_drain + 2 + cfg.k                # ROW, SCORE, DECIDE x2, SELECT
     # + KEEP per head; IMPORTANCE waits 2 cycles for the last select beat's importance write,
     # then 4 cycles per token
