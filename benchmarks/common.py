@@ -14,9 +14,6 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-#: Fmax targets from the issues (benchmark figures, not test gates).
-FMAX_TARGET_MHZ = {"ulx3s": 100.0, "icebreaker": 30.0}
-
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
@@ -35,10 +32,11 @@ def progress(message: str):
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def board_builds(unit_name: str, boards, targets=FMAX_TARGET_MHZ, saved=False) -> list[dict]:
+def board_builds(unit_name: str, boards, saved=False) -> list[dict]:
     """One row per board: LUT/FF/DSP/BRAM and the Fmax nextpnr reached when asked for the board's
     target, from a build of the board's default config behind the host link. ``target_mhz`` and
-    ``meets_target`` are against ``targets`` (the goal), whatever an older saved build asked for.
+    ``meets_target`` are against the unit's ``FMAX_TARGET_MHZ`` (the goal), whatever an older
+    saved build asked nextpnr for.
 
     With ``saved`` the report of an earlier ``vitaccel build <unit> --board B`` run
     (``build/results/<unit>-build-<board>.json``; ECP5 builds of the large units take tens of
@@ -55,7 +53,7 @@ def board_builds(unit_name: str, boards, targets=FMAX_TARGET_MHZ, saved=False) -
     unit = units.get(unit_name)
     rows = []
     for board in boards:
-        target = targets.get(board)
+        target = unit.FMAX_TARGET_MHZ.get(board)
         try:
             cfg = unit.board_config(board)
         except ValueError as exc:

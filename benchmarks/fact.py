@@ -168,9 +168,6 @@ def cycles_section(simulate: bool, simulator: str):
     return out
 
 
-#: nextpnr targets: the issue's 100 MHz on the ULX3S, the project's figure for the iCEBreaker.
-FMAX_TARGET_MHZ = {"ulx3s": 100.0, "icebreaker": 30.0}
-
 
 progress = common.progress
 
@@ -244,8 +241,8 @@ def main(argv=None):
         progress(f"{name}: " + ", ".join(f"m{r['mantissa_bits']}/{r['exact_operand']}="
                                          f"{r['hit_rate']:.3f}" for r in rows))
     report["cycles"] = cycles_section(args.simulate, args.sim)
-    report["builds"] = [] if args.no_build else common.board_builds(
-        "fact", args.boards, FMAX_TARGET_MHZ, saved=args.saved_builds)
+    report["builds"] = [] if args.no_build else common.board_builds("fact", args.boards,
+                                                                    saved=args.saved_builds)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fact.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (RESULTS / "fact.md").write_text(markdown(report))

@@ -29,8 +29,6 @@ import common  # noqa: E402
 from vitaccel import units  # noqa: E402
 from vitaccel.golden import vitality as gv  # noqa: E402
 
-#: nextpnr targets: the issue's 75 MHz on the ULX3S; the project's figure for the iCEBreaker.
-FMAX_TARGET_MHZ = {"ulx3s": 75.0, "icebreaker": common.FMAX_TARGET_MHZ["icebreaker"]}
 #: (label, Config overrides, n)
 RUNS = [
     ("DeiT-Tiny head, 8x8", {}, 197),
@@ -101,7 +99,7 @@ def main(argv=None):
         })
     common.progress("accuracy of the golden models")
     acc = [accuracy(u.Config(), sigma) for sigma in (16, 32)]
-    builds = [] if args.no_build else common.board_builds("vitality", args.boards, FMAX_TARGET_MHZ,
+    builds = [] if args.no_build else common.board_builds("vitality", args.boards,
                                                           saved=args.saved_builds)
     md = [f"ViTALiTy unit, simulator {args.sim}, no stalls, one head per run (d = 64). "
           "Ideal = (2 n d^2 + n d) / MACs; utilisation = SA-General MACs / (MACs x cycles); "

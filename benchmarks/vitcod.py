@@ -39,8 +39,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import common  # noqa: E402
 
-#: nextpnr target: the issue's 75 MHz on the ULX3S (the iCEBreaker cannot hold the unit).
-FMAX_TARGET_MHZ = {"ulx3s": 75.0, "icebreaker": common.FMAX_TARGET_MHZ["icebreaker"]}
 
 
 def run(heads=None, simulator="verilator", seed=0):
@@ -191,7 +189,7 @@ def main(argv=None):
         heads = [tuple(int(x) for x in item.split(":")) for item in args.heads.split(",")]
     cfg, rows = run(heads, args.sim)
     summary = summarise(cfg, rows)
-    builds = [] if args.no_build else common.board_builds("vitcod", args.boards, FMAX_TARGET_MHZ,
+    builds = [] if args.no_build else common.board_builds("vitcod", args.boards,
                                                           saved=args.saved_builds)
     write(cfg, rows, summary, args.sim, builds)
     print(json.dumps(summary, indent=2))

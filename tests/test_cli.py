@@ -75,3 +75,27 @@ def test_help_explains_subcommands(capsys):
         cli.main(["build", "--help"])
     out = capsys.readouterr().out
     assert "--board" in out and "--freq" in out
+
+
+@pytest.mark.parametrize("argv,want", [
+    (("heatvit", "--board", "ulx3s"), 75.0),                  # the unit's target, not 25 MHz
+    (("fact", "--board", "icebreaker"), 30.0),
+    (("gemm", "--board", "ulx3s", "--freq", "50"), 50.0),     # --freq overrides it
+])
+def test_build_asks_nextpnr_for_the_units_target(monkeypatch, argv, want):
+    asked = []
+
+    def fake_run_build(unit_name, cfg, board, freq, router=None):
+        asked.append(freq)
+        raise SystemExit(0)          # stop before any toolchain runs
+
+    monkeypatch.setattr(cli, "run_build", fake_run_build)
+    with pytest.raises(SystemExit):
+        cli.main(["build", *argv])
+    assert asked == [want]
+
+
+def test_every_unit_has_a_ulx3s_fmax_target():
+    from vitaccel import units
+    for name in units.names():
+        assert units.get(name).FMAX_TARGET_MHZ["ulx3s"] > 25.0, name

@@ -162,7 +162,8 @@ def cmd_build(args):
     from vitaccel.boards import build as board_build
     unit = units.get(args.unit)
     cfg = _config(unit, args, args.board)
-    report = run_build(args.unit, cfg, args.board, args.freq, args.router)
+    freq = args.freq if args.freq is not None else unit.FMAX_TARGET_MHZ.get(args.board)
+    report = run_build(args.unit, cfg, args.board, freq, args.router)
     print(board_build.format_report(report))
 
 
@@ -230,7 +231,8 @@ def cmd_demo(args):
     for name in build_units:
         from vitaccel.boards import build as board_build
         unit = units.get(name)
-        report = run_build(name, unit.board_config("ulx3s"), "ulx3s", None)
+        report = run_build(name, unit.board_config("ulx3s"), "ulx3s",
+                           unit.FMAX_TARGET_MHZ.get("ulx3s"))
         print(board_build.format_report(report))
     print()
     cmd_report(argparse.Namespace(results=str(RESULTS), json="build/results/report.json"))
@@ -280,8 +282,9 @@ def main(argv=None):
     p = unit_parser("build", "build a bitstream with YoWASP and print utilisation and Fmax")
     p.add_argument("--board", choices=BOARDS, required=True, help="target board")
     p.add_argument("--freq", type=float, metavar="MHZ",
-                   help="ask nextpnr for this clock (default: the board clock); "
-                        "the achieved Fmax is reported either way")
+                   help="timing target for nextpnr (default: the unit's target for the board, "
+                        "e.g. 75 MHz for heatvit on the ULX3S); the achieved Fmax is reported "
+                        "either way, and the bitstream runs from the board's oscillator")
     p.add_argument("--router", choices=("router1", "router2"),
                    help="nextpnr router (default router1, the better Fmax; router2 finishes "
                         "much sooner on large congested designs)")

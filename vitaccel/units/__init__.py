@@ -9,7 +9,8 @@
 Every unit module provides ``Config`` (a frozen, validated dataclass), ``golden(cfg, **inputs)``,
 ``simulate(cfg, simulator=..., **inputs) -> (outputs, stats)``, ``component(cfg)``,
 ``random_inputs(cfg, seed)`` (demo/CLI data), ``board_config(board)`` (a default that fits that
-board) and ``compare(want, got)`` (list of mismatch descriptions, empty when bit-exact).
+board), ``FMAX_TARGET_MHZ`` (the nextpnr timing target per board) and ``compare(want, got)``
+(list of mismatch descriptions, empty when bit-exact).
 """
 from __future__ import annotations
 

@@ -28,6 +28,10 @@ from vitaccel.sim.job import Job, pack, pack_fields, unpack
 from ._common import check_int_field, compare, run_job, stall_profile  # noqa: F401 (compare re-exported)
 
 NAME = "vitality"
+#: nextpnr timing target per board (MHz): `vitaccel build` asks for it unless --freq says
+#: otherwise, the benchmarks judge Fmax against it (issue #6: >= 75 MHz on the ULX3S; 30 MHz is the
+#: project's figure for the iCEBreaker). The bitstream itself runs from the board clock.
+FMAX_TARGET_MHZ = {"ulx3s": 75.0, "icebreaker": 30.0}
 INPUTS = ("q", "k", "v")
 OUTPUTS = ("z", "denominator_clamped")
 
