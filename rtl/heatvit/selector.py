@@ -263,15 +263,18 @@ class Selector(wiring.Component):
         # the activation scratchpad is two banks (even / odd word addresses): the GELU write-back
         # stores two output channels of a token per cycle, and their addresses A, A + 1 always
         # fall in different banks whatever the region base or stride
+        # Both, and the weight memory, are BankedMemory (block RAM outputs registered before the
+        # depth mux, read latency 2): the scratchpad read -> depth mux -> bank mux -> operand
+        # slice was the ULX3S critical path at 70.7 MHz.
         bank_depth = _cdiv(P.act_depth, 2)
         act_wr, act_rd = [], []
         for k in range(2):
-            mem = Memory(shape=unsigned(8 * R), depth=bank_depth, init=[])
+            mem = BankedMemory(8 * R, bank_depth, granularity=8)
             m.submodules[f"act_mem{k}"] = mem
-            act_wr.append(mem.write_port(granularity=8))
-            act_rd.append(mem.read_port())
-        m.submodules.w_mem = w_mem = Memory(shape=unsigned(8 * C), depth=P.weights_depth, init=[])
-        w_wr, w_rd = w_mem.write_port(), w_mem.read_port()
+            act_wr.append(mem.write)
+            act_rd.append(mem.read)
+        m.submodules.w_mem = w_mem = BankedMemory(8 * C, P.weights_depth)
+        w_wr, w_rd = w_mem.write, w_mem.read
         m.submodules.b_mem = b_mem = Memory(shape=data.ArrayLayout(signed(32), C),
                                             depth=P.biases_depth, init=[])
         b_wr, b_rd = b_mem.write_port(), b_mem.read_port(domain="comb")
@@ -397,6 +400,7 @@ class Selector(wiring.Component):
         wiring.connect(m, op_skid.o, array.operands)
         advance = op_skid.i.ready
         act_ra = Signal(range(P.act_depth + 1))
+        act_rbank0 = Signal()          # bank of the word in the read pipeline's first stage
         act_rbank = Signal()           # bank of the word on the read ports' outputs
         act_rdata = Signal(8 * R)
         m.d.comb += [act_ra.eq(a_tile + kk), act_rdata.eq(Mux(act_rbank, act_rd[1].data,
@@ -404,14 +408,20 @@ class Selector(wiring.Component):
         for k in range(2):
             m.d.comb += [act_rd[k].addr.eq(act_ra >> 1), act_rd[k].en.eq(advance)]
         with m.If(advance):
-            m.d.sync += act_rbank.eq(act_ra[0])
+            m.d.sync += [act_rbank0.eq(act_ra[0]), act_rbank.eq(act_rbank0)]
         m.d.comb += [w_rd.addr.eq(w_tile + kk), w_rd.en.eq(advance),
                      rows_left.eq(L_rows - tg * R)]
+        # rd0_*: the issued beat during the reads' first cycle; rd_*: aligned with their data
+        rd0_valid, rd0_first, rd0_last = Signal(), Signal(), Signal()
+        rd0_nrows = Signal(range(1, R + 1))
         rd_valid, rd_first, rd_last = Signal(), Signal(), Signal()
         rd_nrows = Signal(range(1, R + 1))
         with m.If(advance):
-            m.d.sync += [rd_valid.eq(issuing), rd_first.eq(kk == 0), rd_last.eq(kk == L_K - 1),
-                         rd_nrows.eq(Mux(rows_left >= R, R, rows_left))]
+            m.d.sync += [rd0_valid.eq(issuing), rd0_first.eq(kk == 0),
+                         rd0_last.eq(kk == L_K - 1),
+                         rd0_nrows.eq(Mux(rows_left >= R, R, rows_left)),
+                         rd_valid.eq(rd0_valid), rd_first.eq(rd0_first), rd_last.eq(rd0_last),
+                         rd_nrows.eq(rd0_nrows)]
         ops = op_skid.i.payload
         m.d.comb += [op_skid.i.valid.eq(rd_valid), ops.first.eq(rd_first),
                      ops.last.eq(rd_last), ops.nrows.eq(rd_nrows)]
