@@ -135,7 +135,9 @@ class FACTPredictor(wiring.Component):
         m.submodules.k_mem = k_mem = BankedMemory(P * ww, self.n_max * hw_max, granularity=ww)
         m.submodules.q_mem = q_mem = BankedMemory(P * ww, self.n_max * hw_max, granularity=ww)
         count_width = (H * self.n_max).bit_length()
-        m.submodules.imp_mem = imp_mem = Memory(shape=unsigned(count_width), depth=self.n_max, init=[])
+        # a BankedMemory for its registered output: the block RAM output ran 5.5 ns across the
+        # die to the update register (the ULX3S critical path at 83.6 MHz)
+        m.submodules.imp_mem = imp_mem = BankedMemory(count_width, self.n_max)
 
         x_wr, x_rd = x_mem.write, x_mem.read
         wq_wr, wq_rd = wq_mem.write, wq_mem.read
@@ -147,8 +149,7 @@ class FACTPredictor(wiring.Component):
         # Not transparent: the read-modify-write below never reads an address within three
         # cycles of writing it (the keys of a row are distinct, and rows are >= 10 cycles apart),
         # and a bypass mux would lengthen the block RAM output path.
-        imp_wr = imp_mem.write_port()
-        imp_rd = imp_mem.read_port()
+        imp_wr, imp_rd = imp_mem.write, imp_mem.read
 
         # --- command registers ----------------------------------------------------------------
         cmd = self.cmd.payload
@@ -325,13 +326,12 @@ class FACTPredictor(wiring.Component):
         imp_count = Signal(count_width)              # registered importance beat
         imp_high = Signal()
         # importance update pipeline, one beat per select beat: the handshake loads imp_raddr
-        # (UPD), the RAM reads it (UPD2: data out), the count is registered (UPD3) and written
-        # back + inc. Every beat goes through, inc = 0 for a one-hot row's other keys, so the
-        # pipeline's timing (and the cycle count) does not depend on the data.
+        # (UPD: the block RAM reads it), the count reaches the bank register (UPD2), and UPD3
+        # writes it back + inc. Every beat goes through, inc = 0 for a one-hot row's other keys,
+        # so the pipeline's timing (and the cycle count) does not depend on the data.
         upd_valid, upd_inc = Signal(), Signal()
         upd2_valid, upd2_addr, upd2_inc = Signal(), Signal(range(self.n_max)), Signal()
         upd3_valid, upd3_addr, upd3_inc = Signal(), Signal(range(self.n_max)), Signal()
-        upd3_count = Signal(count_width)
         cycles = Signal(32)
         m.d.comb += self.cycles.eq(cycles)
 
@@ -348,10 +348,9 @@ class FACTPredictor(wiring.Component):
         m.d.comb += imp_rd.addr.eq(imp_raddr)
         m.d.sync += [upd_valid.eq(0),
                      upd2_valid.eq(upd_valid), upd2_addr.eq(imp_raddr), upd2_inc.eq(upd_inc),
-                     upd3_valid.eq(upd2_valid), upd3_addr.eq(upd2_addr), upd3_inc.eq(upd2_inc),
-                     upd3_count.eq(imp_rd.data)]
-        with m.If(upd3_valid):
-            m.d.comb += [imp_wr.addr.eq(upd3_addr), imp_wr.data.eq(upd3_count + upd3_inc),
+                     upd3_valid.eq(upd2_valid), upd3_addr.eq(upd2_addr), upd3_inc.eq(upd2_inc)]
+        with m.If(upd3_valid):          # imp_rd.data: the count read in UPD (LATENCY 2)
+            m.d.comb += [imp_wr.addr.eq(upd3_addr), imp_wr.data.eq(imp_rd.data + upd3_inc),
                          imp_wr.en.eq(1)]
         with m.Elif(clearing):                  # never together: clearing ends before any select
             m.d.comb += [imp_wr.addr.eq(clr), imp_wr.data.eq(0), imp_wr.en.eq(1)]
@@ -485,20 +484,21 @@ class FACTPredictor(wiring.Component):
                         m.next = "HEAD"
 
             with m.State("IMPORTANCE"):
-                # One beat per four cycles (read, register, compare, send): the block RAM output
-                # only ever meets a flip-flop, never the host's logic. N beats once per command.
-                # imp_raddr already holds imp_next (set by KEEP and by the previous SEND).
+                # One beat per four cycles (block RAM read, bank register, compare, send): the
+                # block RAM output only ever meets a flip-flop, never the host's logic. N beats
+                # once per command. imp_raddr already holds imp_next (set by KEEP and by the
+                # previous SEND); the read that counts is this state's, after the last update.
                 with m.If(imp_next == n_reg):
                     m.next = "IDLE"
                 with m.Elif(~upd_valid & ~upd2_valid & ~upd3_valid):   # the last update landed
-                    m.next = "IMPORTANCE_LATCH"
+                    m.next = "IMPORTANCE_READ"
 
-            with m.State("IMPORTANCE_LATCH"):
-                m.d.sync += imp_count.eq(imp_rd.data)
+            with m.State("IMPORTANCE_READ"):
                 m.next = "IMPORTANCE_COMPARE"
 
             with m.State("IMPORTANCE_COMPARE"):
-                m.d.sync += [imp_high.eq(imp_count >= imp_thr), imp_valid.eq(1)]
+                m.d.sync += [imp_count.eq(imp_rd.data), imp_high.eq(imp_rd.data >= imp_thr),
+                             imp_valid.eq(1)]
                 m.next = "IMPORTANCE_SEND"
 
             with m.State("IMPORTANCE_SEND"):
