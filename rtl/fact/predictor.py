@@ -169,6 +169,10 @@ class FACTPredictor(wiring.Component):
                   & (cmd.k >= 1) & (cmd.k <= self.k_max) & (cmd.k <= cmd.n))
 
         # --- load: int8 -> LO code on the way in ----------------------------------------------
+        # The load streams' ready comes from registers (``loading``, the done flags), not from
+        # the sequencer's state decode: state -> ready -> accept -> loader counters, routed
+        # across the die, was the ULX3S critical path at 72.1 MHz.
+        loading = Signal()                            # the LOAD state, as a register
         def loader(name, port, wr, depth, rows_last):
             """Counters for a stream of rows of row_words*lanes int8 values into word memory."""
             lane = Signal(range(P), name=f"{name}_lane")
@@ -212,6 +216,10 @@ class FACTPredictor(wiring.Component):
             m.d.sync += bk_addr.eq(bk_addr + 1)
             with m.If(bk_addr == d_last):
                 m.d.sync += bk_done.eq(1)
+
+        m.d.comb += [self.x.ready.eq(loading & ~x_done), self.wq.ready.eq(loading & ~wq_done),
+                     self.wk.ready.eq(loading & ~wk_done), self.bq.ready.eq(loading & ~bq_done),
+                     self.bk.ready.eq(loading & ~bk_done)]
 
         # --- projection engines: LO(X) . LO(W), then + b, saturate, LO-code ----------------
         # Q~ and K~ of a token are computed together: one X word feeds both engines, each with
@@ -383,7 +391,7 @@ class FACTPredictor(wiring.Component):
                             d_last.eq((cmd.row_words << lg_p) - 1),
                             *x_reset, *wq_reset, *wk_reset,
                             bq_addr.eq(0), bk_addr.eq(0), bq_done.eq(0), bk_done.eq(0),
-                            clr.eq(0), clearing.eq(1), cycles.eq(0), head.eq(0), head_wbase.eq(0),
+                            clr.eq(0), clearing.eq(1), loading.eq(1), cycles.eq(0), head.eq(0), head_wbase.eq(0),
                             head_col.eq(0),
                         ]
                         m.next = "LOAD"
@@ -391,11 +399,9 @@ class FACTPredictor(wiring.Component):
                         m.d.sync += self.error.eq(1)
 
             with m.State("LOAD"):
-                m.d.comb += [self.x.ready.eq(~x_done), self.wq.ready.eq(~wq_done),
-                             self.wk.ready.eq(~wk_done), self.bq.ready.eq(~bq_done),
-                             self.bk.ready.eq(~bk_done)]
                 # the importance counters are zeroed meanwhile (see clearing)
                 with m.If(x_done & wq_done & wk_done & bq_done & bk_done & ~clearing):
+                    m.d.sync += loading.eq(0)
                     m.next = "HEAD"
 
             with m.State("HEAD"):
