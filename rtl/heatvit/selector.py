@@ -725,14 +725,19 @@ class Selector(wiring.Component):
         p_w = Signal(unsigned(10))
         # the package accumulation after the token read: PR the read's second cycle (the token
         # buffer's bank register), PK1 the byte in a register, PK2 the product w * x in a
-        # register, then acc[c] (+)= product (distributed-RAM read-add-write). The same column
-        # comes back only D cycles later, so the read never sees a stale value.
+        # register and the distributed-RAM read of acc[c], PK3 both in registers and the write
+        # acc[c] = acc + product. (Read, add and write in one cycle were the ULX3S critical
+        # path at 69.7 MHz.) The same column comes back only D cycles later, so the read never
+        # sees a stale value.
         pr_v, pr_c, pr_w = Signal(), Signal(range(D)), Signal(unsigned(10))
         pk1_v, pk2_v = Signal(), Signal()
         pk1_x = Signal(signed(8))
         pk1_w = Signal(unsigned(10))
         pk1_c, pk2_c = Signal(range(D)), Signal(range(D))
         pk2_prod = Signal((pk1_w * pk1_x).shape())
+        pk3_v, pk3_c = Signal(), Signal(range(D))
+        pk3_prod = Signal.like(pk2_prod)
+        pk3_acc = Signal(signed(32))
         pkg_den = Signal(unsigned(24))      # the reciprocal's input, registered during PKG
         pkg_r = Signal(PKG_FRAC + 2)
         out_ra = Signal()                   # an output read is in the token buffer's pipeline
@@ -757,11 +762,13 @@ class Selector(wiring.Component):
         # the read address is the pipeline's column while it runs, else the output's (OUT_PKG);
         # chosen by pk2_v, a register, rather than by the sequencer state
         m.d.comb += acc_rd.addr.eq(Mux(pk2_v, pk2_c, out_c))
-        with m.If(pk2_v):
-            m.d.comb += [acc_wr.addr.eq(pk2_c), acc_wr.en.eq(1),
-                         acc_wr.data.eq(Mux(p_first, 0, acc_rd.data) + pk2_prod)]
-            with m.If(pk2_c == D - 1):
-                m.d.sync += p_first.eq(0)
+        m.d.sync += [pk3_v.eq(pk2_v), pk3_c.eq(pk2_c), pk3_prod.eq(pk2_prod),
+                     pk3_acc.eq(Mux(p_first, 0, acc_rd.data))]
+        with m.If(pk2_v & (pk2_c == D - 1)):
+            m.d.sync += p_first.eq(0)
+        with m.If(pk3_v):
+            m.d.comb += [acc_wr.addr.eq(pk3_c), acc_wr.en.eq(1),
+                         acc_wr.data.eq(pk3_acc + pk3_prod)]
 
         # global mean pipeline: GM0 the distributed-RAM read of gsum, GM1 the product gsum * rn
         # (one 18 x 18 multiply), GM2 the RHU rounding; saturation and the write follow GM2.
@@ -1009,7 +1016,7 @@ class Selector(wiring.Component):
                             m.d.sync += pc.eq(pc + 1)
                 with m.Else():
                     m.d.sync += p_rv.eq(0)
-                    with m.If(~p_rv & ~pr_v & ~pk1_v & ~pk2_v):
+                    with m.If(~p_rv & ~pr_v & ~pk1_v & ~pk2_v & ~pk3_v):
                         m.next = "PKG_RECIP"
             with m.State("PKG_RECIP"):
                 m.d.comb += [recip.i.valid.eq(1), recip.i.payload.eq(pkg_den)]
