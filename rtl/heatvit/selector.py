@@ -347,8 +347,25 @@ class Selector(wiring.Component):
         L_rows = Signal(range(n_max + 1))
         MODES = {"gelu": 0, "bias": 1, "logit": 2, "head": 3}
 
+        # values the layer writes back: rows (logit layers: one per row) or rows x outputs. The
+        # product of n and a layer constant is a sum of shifted copies of n, formed while the
+        # layer loads: an L_rows * L_out multiplier at the layer start was placed on a distant
+        # DSP block and became the ULX3S critical path (16 ns).
+        L_outputs = Signal(range(n_max * max(d, h) + 1))
+
+        def times_n(constant):
+            return sum((n << b) for b in range(constant.bit_length()) if constant >> b & 1)
+
         def load_layer(layer, head_index):
-            return [L_mode.eq(MODES[layer.mode]), L_gelu.eq(layer.gelu),
+            rows = 1 if layer.single_row else n
+            if layer.mode == "logit":
+                outputs = rows
+            elif layer.single_row:
+                outputs = layer.out
+            else:
+                outputs = times_n(layer.out)
+            return [L_outputs.eq(outputs),
+                    L_mode.eq(MODES[layer.mode]), L_gelu.eq(layer.gelu),
                     L_in_base.eq(layer.in_base), L_in_stride.eq(layer.in_stride),
                     L_K.eq(layer.K), L_out.eq(layer.out), L_w_base.eq(layer.w_base),
                     L_b_base.eq(layer.b_base), L_out_base.eq(layer.out_base),
@@ -633,7 +650,7 @@ class Selector(wiring.Component):
                 m.d.comb += [hw_wr.addr.eq(w_addr), hw_wr.data.eq(w_hw), hw_wr.en.eq(1)]
 
         with m.If(gemm_start):
-            m.d.sync += outputs_left.eq(Mux(L_mode == MODES["logit"], L_rows, L_rows * L_out))
+            m.d.sync += outputs_left.eq(L_outputs)
         with m.Else():
             m.d.sync += outputs_left.eq(outputs_left - write_count)
         layer_done = Signal()
