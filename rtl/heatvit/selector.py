@@ -402,11 +402,7 @@ class Selector(wiring.Component):
             m.d.comb += [rq16.multiplier.eq(prm.head_mul), rq16.shift.eq(prm.head_shift)]
 
         # ---- GEMM issue (operands into the array) ------------------------------------------------
-        # pulse: start the layer in the L_* registers. A register set by the layer's load state,
-        # so it is high exactly in the _GO state that follows: decoded from the sequencer state,
-        # it ran into every issue counter's synchronous load (the ULX3S critical path, 13.4 ns)
-        gemm_start = Signal()
-        m.d.sync += gemm_start.eq(0)
+        gemm_start = Signal()          # pulse: start the layer in the L_* registers
         issuing = Signal()
         tg = Signal(range(G + 1))
         og = Signal(range(max(d, h) + 1))
@@ -919,9 +915,9 @@ class Selector(wiring.Component):
                         for i in range(h if prefix == "H" else 1):
                             with m.If(head == i) if prefix == "H" else _nullctx():
                                 m.d.sync += load_layer(layers_for_head(i)[k], i)
-                        m.d.sync += gemm_start.eq(1)
                         m.next = lname + "_GO"
-                    with m.State(lname + "_GO"):           # gemm_start is high
+                    with m.State(lname + "_GO"):
+                        m.d.comb += gemm_start.eq(1)
                         m.next = lname + "_RUN"
                     with m.State(lname + "_RUN"):
                         m.d.sync += gemm_cycles.eq(gemm_cycles + 1)
