@@ -22,8 +22,8 @@ Memory read port).
 """
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Mux, Signal, unsigned
-from amaranth.lib import wiring
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value, unsigned
+from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -65,6 +65,28 @@ class BankedMemory(wiring.Component):
                 "addr": Out(range(depth)), "en": Out(1, init=1),
                 "data": In(unsigned(width))})),
         })
+
+    @classmethod
+    def aligned(cls, m, values, name, en=None):
+        """``values`` (a dict name -> value: the valid bit and sideband of a read issued with
+        them) delayed by :attr:`LATENCY` cycles that have ``en`` high (every cycle without
+        ``en``), so they meet that read's ``read.data``. Returns the dict of the last stage's
+        registers and a signal that is high while any stage holds a value whose name is
+        ``"valid"`` (when there is one)."""
+        in_flight = Signal(name=f"{name}_in_flight")
+        stages_valid = []
+        for stage in range(cls.LATENCY):
+            regs = {key: (Signal.like(value, name=f"{name}_{key}{stage}")
+                          if isinstance(value, (Signal, data.View)) else
+                          Signal(Value.cast(value).shape(), name=f"{name}_{key}{stage}"))
+                    for key, value in values.items()}
+            with m.If(1 if en is None else en):
+                m.d.sync += [regs[key].eq(value) for key, value in values.items()]
+            values = regs
+            if "valid" in regs:
+                stages_valid.append(regs["valid"])
+        m.d.comb += in_flight.eq(Cat(*stages_valid).any() if stages_valid else 0)
+        return values, in_flight
 
     def elaborate(self, platform):
         m = Module()

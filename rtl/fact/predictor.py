@@ -234,16 +234,11 @@ class FACTPredictor(wiring.Component):
         iss_tag = Signal(proj_tag)
 
         def to_operands(name, valid, first, last, tag):
-            """The issue's valid/first/last/tag delayed to meet the operand buffers' read data
-            (BankedMemory.LATENCY cycles); returns the delayed four and "a beat is in flight"."""
-            in_flight = 0
-            for stage in range(BankedMemory.LATENCY):
-                regs = [Signal.like(x, name=f"{name}_{field}{stage}")
-                        for x, field in zip((valid, first, last, tag), ("valid", "first", "last", "tag"))]
-                m.d.sync += [reg.eq(x) for reg, x in zip(regs, (valid, first, last, tag))]
-                valid, first, last, tag = regs
-                in_flight = in_flight | valid
-            return valid, first, last, tag, in_flight
+            """The issue's valid/first/last/tag delayed to meet the operand buffers' read data;
+            returns the delayed four and "a beat is in flight"."""
+            d, in_flight = BankedMemory.aligned(
+                m, {"valid": valid, "first": first, "last": last, "tag": tag}, name)
+            return d["valid"], d["first"], d["last"], d["tag"], in_flight
 
         d_valid, d_first, d_last_beat, d_tag, proj_reading = to_operands(
             "proj_rd", iss_valid, iss_first, iss_last, iss_tag)

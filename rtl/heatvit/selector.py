@@ -417,28 +417,19 @@ class Selector(wiring.Component):
         wiring.connect(m, op_skid.o, array.operands)
         advance = op_skid.i.ready
         act_ra = Signal(range(P.act_depth + 1))
-        act_rbank0 = Signal()          # bank of the word in the read pipeline's first stage
-        act_rbank = Signal()           # bank of the word on the read ports' outputs
-        act_rdata = Signal(8 * R)
-        m.d.comb += [act_ra.eq(a_tile + kk), act_rdata.eq(Mux(act_rbank, act_rd[1].data,
-                                                              act_rd[0].data))]
+        m.d.comb += act_ra.eq(a_tile + kk)
         for k in range(2):
             m.d.comb += [act_rd[k].addr.eq(act_ra >> 1), act_rd[k].en.eq(advance)]
-        with m.If(advance):
-            m.d.sync += [act_rbank0.eq(act_ra[0]), act_rbank.eq(act_rbank0)]
         m.d.comb += [w_rd.addr.eq(w_tile + kk), w_rd.en.eq(advance),
                      rows_left.eq(L_rows - tg * R)]
-        # rd0_*: the issued beat during the reads' first cycle; rd_*: aligned with their data
-        rd0_valid, rd0_first, rd0_last = Signal(), Signal(), Signal()
-        rd0_nrows = Signal(range(1, R + 1))
-        rd_valid, rd_first, rd_last = Signal(), Signal(), Signal()
-        rd_nrows = Signal(range(1, R + 1))
-        with m.If(advance):
-            m.d.sync += [rd0_valid.eq(issuing), rd0_first.eq(kk == 0),
-                         rd0_last.eq(kk == L_K - 1),
-                         rd0_nrows.eq(Mux(rows_left >= R, R, rows_left)),
-                         rd_valid.eq(rd0_valid), rd_first.eq(rd0_first), rd_last.eq(rd0_last),
-                         rd_nrows.eq(rd0_nrows)]
+        # the issued beat and the scratchpad bank of its word, aligned with the reads' data
+        rd, _ = BankedMemory.aligned(m, {
+            "valid": issuing, "first": kk == 0, "last": kk == L_K - 1,
+            "nrows": Mux(rows_left >= R, R, rows_left), "bank": act_ra[0],
+        }, "gemm_rd", en=advance)
+        rd_valid, rd_first, rd_last, rd_nrows = rd["valid"], rd["first"], rd["last"], rd["nrows"]
+        act_rdata = Signal(8 * R)
+        m.d.comb += act_rdata.eq(Mux(rd["bank"], act_rd[1].data, act_rd[0].data))
         ops = op_skid.i.payload
         m.d.comb += [op_skid.i.valid.eq(rd_valid), ops.first.eq(rd_first),
                      ops.last.eq(rd_last), ops.nrows.eq(rd_nrows)]
