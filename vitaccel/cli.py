@@ -143,13 +143,14 @@ def _fmt(v):
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def run_build(unit_name: str, cfg, board: str, freq: float | None, router: str | None = None) -> dict:
+def run_build(unit_name: str, cfg, board: str, freq: float | None, router: str | None = None,
+              seed: int | None = None) -> dict:
     from vitaccel.boards import build as board_build
     unit = units.get(unit_name)
     from vitaccel.boards.platforms import board_top
     from vitaccel.boards.hostlink import unit_id_of
     top = board_top(unit.component(cfg), board, unit_id=unit_id_of(unit_name))
-    report = board_build.build(top, board, freq_mhz=freq, router=router,
+    report = board_build.build(top, board, freq_mhz=freq, router=router, seed=seed,
                                build_dir=f"build/boards/{unit_name}",
                                progress=_progress)
     report["unit"] = unit_name
@@ -163,7 +164,7 @@ def cmd_build(args):
     unit = units.get(args.unit)
     cfg = _config(unit, args, args.board)
     freq = args.freq if args.freq is not None else unit.FMAX_TARGET_MHZ.get(args.board)
-    report = run_build(args.unit, cfg, args.board, freq, args.router)
+    report = run_build(args.unit, cfg, args.board, freq, args.router, args.seed)
     print(board_build.format_report(report))
 
 
@@ -288,6 +289,9 @@ def main(argv=None):
     p.add_argument("--router", choices=("router1", "router2"),
                    help="nextpnr router (default router1, the better Fmax; router2 finishes "
                         "much sooner on large congested designs)")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="nextpnr placer seed (default: nextpnr's own); near the target, Fmax "
+                        "moves by a few percent between seeds, so a few seeds are worth a try")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("report", help="table + JSON of every sim and build result so far")
