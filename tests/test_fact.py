@@ -48,14 +48,25 @@ def test_rtl_matches_golden_with_stalls(heads, lanes, n, dm, k, m, structured):
     check(cfg, inp, stalls=heads + n)
 
 
+def _tie_heavy_scores(rng, size, width):
+    """Scores with many ties; for wide scores (the split compare) the values sit on both sides
+    of the half-width boundary, so equal high halves with different low halves (and the sign)
+    decide many compares."""
+    if width < 16:
+        return rng.integers(-4, 5, size=size)
+    step = 1 << (width // 2)
+    return rng.integers(-2, 3, size=size) * step + rng.integers(-3, 4, size=size)
+
+
+@pytest.mark.parametrize("score_width", [8, 24])
 @pytest.mark.parametrize("gap_rate", [0.0, 0.4], ids=["back-to-back", "random-gaps"])
-def test_topk_sorter_streams_one_score_per_cycle(gap_rate):
+def test_topk_sorter_streams_one_score_per_cycle(gap_rate, score_width):
     """Scores from a narrow range (many ties) inserted every cycle or with random gaps: after
     each row the array is the stable descending sort's first k_max (lower index wins a tie),
     which needs the compare to see the element still being written (forwarding)."""
     k_max, rng = 5, np.random.default_rng(11)
-    dut = TopKSorter(k_max, score_width=8, index_width=6)
-    rows = [rng.integers(-4, 5, size=int(rng.integers(1, 40))) for _ in range(30)]
+    dut = TopKSorter(k_max, score_width=score_width, index_width=6)
+    rows = [_tie_heavy_scores(rng, int(rng.integers(1, 40)), score_width) for _ in range(30)]
     mismatches = []
 
     async def bench(ctx):
