@@ -301,7 +301,11 @@ class HostLink(wiring.Component):
         in_names, out_names = list(ins), list(outs)
         pin_names, pout_names = list(pins), list(pouts)
 
-        unit_rst = Signal()
+        # The unit's reset is registered: it fans out to every flip-flop of the unit (16k on the
+        # ViTCoD core), and driven straight from the command decode it was a long, deep net.
+        # The one-cycle delay is invisible to the host (the OK byte takes a UART frame).
+        unit_rst, reset_unit = Signal(), Signal()
+        m.d.sync += unit_rst.eq(reset_unit)
         if self._unit is not None:
             m.submodules.unit = ResetInserter(unit_rst)(self._unit)
             side = self._unit
@@ -486,7 +490,7 @@ class HostLink(wiring.Component):
                                         m.d.sync += last_byte.eq(beat_bytes(pins[name]) - 1)
                             m.next = "S_COLLECT"
                     with m.Case(Op.RESET):
-                        m.d.comb += [unit_rst.eq(1), count_clear.eq(1)]
+                        m.d.comb += [reset_unit.eq(1), count_clear.eq(1)]
                         m.d.sync += [hv.eq(0) for hv in hold_valid]
                         respond(OK, 1)
                     with m.Default():
