@@ -85,13 +85,15 @@ def board_builds(unit_name: str, boards, saved=False) -> list[dict]:
             built = datetime.now(timezone.utc)
         fmax = report.get("fmax_mhz")
         router = report.get("router") or _router_of(report)
+        seed = report.get("seed")
         rows.append({
             "board": board, "config": str(cfg), "luts": report.get("luts"),
             "ffs": report.get("ffs"), "dsps": report.get("dsps"), "brams": report.get("brams"),
             "fmax_mhz": None if fmax is None else round(fmax, 2),
             "target_mhz": target if target is not None else report.get("target_mhz"),
             "meets_target": fmax is not None and target is not None and fmax >= target,
-            "router": router, "build_seconds": report.get("seconds"),
+            "router": router, "seed": "default" if seed is None else seed,
+            "build_seconds": report.get("seconds"),
             "built_utc": built.isoformat(timespec="minutes"),
         })
     return rows
@@ -107,7 +109,7 @@ def _router_of(report: dict) -> str | None:
 
 
 BUILD_COLUMNS = ["board", "luts", "ffs", "dsps", "brams", "fmax_mhz", "target_mhz", "meets_target",
-                 "router", "built_utc"]
+                 "router", "seed", "built_utc"]
 
 
 def builds_markdown(builds: list[dict]) -> list[str]:
