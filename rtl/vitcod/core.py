@@ -62,7 +62,8 @@ Phases (one command):
 4. NORMALISE (overlapped with the next rows): ``l = l_dense + l_sparse`` and ``acc_dense +
    acc_sparse`` merged once into one of ``normalisers`` slots (round-robin), each with its own
    :class:`~vitaccel.rtl.common.divider.Reciprocal` (iterative, ~37 cycles); the slots feed, in
-   row order, the product ``acc * r`` (three stages: chunk selection, partial products of
+   row order, the product ``acc * r`` (three stages: the slot's chunk 0, as a slot shifts its row
+   out one chunk per beat; partial products of
    17-bit pieces of ``acc``, their sum) and a
    :class:`~vitaccel.rtl.common.requant.Requantizer` to int8 on ``out`` (``chunks`` beats per
    row, one per cycle).
@@ -1143,16 +1144,18 @@ class VitCoDCore(wiring.Component):
                          prod_valid.eq(part_valid)]
             prods = [split_product(m, sel_acc[x], sel_r, SW + E_BITS + 4, name=f"norm_prod{x}")
                      for x in range(P)]
+            # The slot in turn streams its row out of its chunk 0 and shifts the others down
+            # one chunk per beat, so the selection is a K-way choice of P lanes: a (K * FM)-way
+            # one over every slot register (3 x 8 x 264 bits) was the ViTCoD core's densest
+            # wiring, and with one slot fewer the ULX3S placement estimate rose by a quarter.
             with m.If(feeding):
                 with m.Switch(out_turn):
                     for j in range(K):
                         with m.Case(j):
                             m.d.sync += sel_r.eq(slot_r[j])
-                            with m.Switch(n_chunk):
-                                for c in range(FM):
-                                    with m.Case(c):
-                                        m.d.sync += [sel_acc[x].eq(slot_acc[j][c * P + x])
-                                                     for x in range(P)]
+                            m.d.sync += [sel_acc[x].eq(slot_acc[j][x]) for x in range(P)]
+                            m.d.sync += [slot_acc[j][x].eq(slot_acc[j][x + P])
+                                         for x in range(P * (FM - 1))]
                             with m.If(n_chunk == f_last):
                                 m.d.sync += [slot_full[j].eq(0), slot_rq_sent[j].eq(0),
                                              slot_ready[j].eq(0)]
