@@ -40,6 +40,28 @@ def test_gelu(delta, seed):
     assert np.array_equal(_signed(res.outputs["o"], 8), G.gelu_q(acc, rq_in, rq_out, a, one))
 
 
+def test_square_int8_every_value():
+    """The LayerNorm's multiplier-free square of an int8, exhaustively (-128 included)."""
+    from amaranth.hdl import Module, Signal, signed
+    from amaranth.sim import Simulator
+    from vitaccel.rtl.heatvit.layernorm import square_int8
+    x, sq = Signal(signed(8)), Signal(16)
+    m = Module()
+    m.d.comb += sq.eq(square_int8(x))
+    wrong = []
+
+    async def bench(ctx):
+        for v in range(-128, 128):
+            ctx.set(x, v)
+            if ctx.get(sq) != v * v:
+                wrong.append((v, ctx.get(sq)))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert not wrong, wrong[:4]
+
+
 def test_isqrt():
     rng = np.random.default_rng(5)
     x = np.concatenate([[0, 1, 2, 3, 4, 15, 16, 2**20 - 1, 2**20, 2**45 - 1],

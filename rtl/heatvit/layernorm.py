@@ -89,6 +89,16 @@ class ISqrt(wiring.Component):
         return m
 
 
+def square_int8(x):
+    """``x * x`` of a signed 8-bit value as a sum of shifted copies of ``|x|`` (<= 128): no
+    multiplier block. 16 bits unsigned."""
+    mag = Mux(x < 0, -x, x)[:8]
+    total = 0
+    for i in range(8):
+        total = total + Mux(mag[i], mag << i, 0)
+    return total[:16]
+
+
 class LayerNorm(wiring.Component):
     """Integer LayerNorm over groups of ``d`` int8 beats.
 
@@ -167,19 +177,30 @@ class LayerNorm(wiring.Component):
         # A: a group's sum leaves on `sums` when the group is complete; the next group starts
         # once it has left (it is overwritten) and the finished group has moved on to B
         m.d.comb += self.i.ready.eq(~a_full & ~self.sums.valid)
+        # x * x is registered (sq) and added to a_q one cycle later. It is a shift-add of |x| in
+        # the fabric: as `x * x` it became a multiplier block, placed far from the
+        # accumulator, and input route + multiplier + route back + add was the HeatViT ULX3S
+        # critical path (14 ns).
+        sq = Signal(unsigned(16))
+        sq_v = Signal()
+        m.d.sync += sq_v.eq(0)
+        with m.If(sq_v):
+            m.d.sync += a_q.eq(a_q + sq)
         with m.If(self.i.valid & self.i.ready):
             x = self.i.payload
             m.d.comb += wr.en.eq(1)
-            m.d.sync += [a_s.eq(a_s + x), a_q.eq(a_q + x * x), a_idx.eq(a_idx + 1)]
+            m.d.sync += [a_s.eq(a_s + x), a_idx.eq(a_idx + 1), sq.eq(square_int8(x)),
+                         sq_v.eq(1)]
             with m.If(a_idx == d - 1):
                 m.d.sync += [a_full.eq(1), self.sums.valid.eq(1), self.sums.payload.eq(a_s + x)]
         a_to_b = Signal()
         m.d.comb += a_to_b.eq(a_full & ~b_busy)
         with m.If(a_to_b):
+            # the group's last square may still be in sq (a_full rises with the last value)
             m.d.sync += [a_full.eq(0), a_s.eq(0), a_q.eq(0),
                          a_slot.eq(Mux(a_slot == GROUPS - 1, 0, a_slot + 1)),
                          b_busy.eq(1), b_done.eq(0), b_slot.eq(a_slot), b_s.eq(a_s),
-                         b_q.eq(a_q), b_ssq.eq(a_s * a_s)]
+                         b_q.eq(a_q + Mux(sq_v, sq, 0)), b_ssq.eq(a_s * a_s)]
 
         # B: one reciprocal and one root per group (the two iterative units chain directly)
         b_sent = Signal()
