@@ -27,6 +27,9 @@ class Board:
     bitstream_ext: str = "bin"
     led_busy: tuple[str, int] = ("led", 0)
     led_error: tuple[str, int] = ("led", 1)
+    # HostLink(register_outputs=...): skid buffers on the unit's output streams (see HostLink);
+    # off on the iCE40, whose 5,280 cells the FACT unit nearly fills
+    register_outputs: bool = False
 
     def platform(self):
         """A fresh platform instance (amaranth_boards is imported only here)."""
@@ -47,7 +50,7 @@ BOARDS = {
         platform_module="amaranth_boards.ulx3s", platform_class="ULX3S_85F_Platform",
         family="ecp5", clock_key="$glbnet$cd_sync.clk",
         bitstream_ext="bit",
-        led_busy=("led", 0), led_error=("led", 1)),
+        led_busy=("led", 0), led_error=("led", 1), register_outputs=True),
 }
 
 
@@ -80,6 +83,7 @@ class BoardTop(Elaboratable):
         if divisor < 4:
             self._MustUse__silence = True
             raise ValueError(f"baud {baud} is too fast for a {self.clk_freq / 1e6:g} MHz clock")
+        link_kwargs.setdefault("register_outputs", self.board.register_outputs)
         self.link = HostLink(unit, divisor=divisor, unit_id=unit_id, **link_kwargs)
 
     def elaborate(self, platform):
@@ -102,5 +106,6 @@ class BoardTop(Elaboratable):
 def board_top(unit_component, board, baud=115200, unit_id=0, **link_kwargs) -> BoardTop:
     """The top to build for ``board`` ("icebreaker" or "ulx3s"): ``unit_component`` behind a
     UART :class:`HostLink` at ``baud`` on the board's default clock, LED 0 = busy, LED 1 = error.
-    Extra keyword arguments go to :class:`HostLink` (``rx_depth``, ``timeout``)."""
+    Extra keyword arguments go to :class:`HostLink` (``rx_depth``, ``timeout``,
+    ``register_outputs``: by default the board's own setting)."""
     return BoardTop(unit_component, board, baud=baud, unit_id=unit_id, **link_kwargs)

@@ -166,8 +166,9 @@ def test_ping_identifies_the_unit():
     assert raw == bytes([OK]) + link.identity_bytes()
 
 
-def test_write_then_read_one_beat_at_a_time():
-    _, _, client = make(AddK())
+@pytest.mark.parametrize("register_outputs", [False, True])
+def test_write_then_read_one_beat_at_a_time(register_outputs):
+    _, _, client = make(AddK(), register_outputs=register_outputs)
     client.set("k", 3)
     rng = random.Random(1)
     for _ in range(4):
@@ -176,9 +177,10 @@ def test_write_then_read_one_beat_at_a_time():
         assert client.read_some("y", 1) == [add_k(word, 3)]
 
 
+@pytest.mark.parametrize("register_outputs", [False, True])
 @pytest.mark.parametrize("seed", [None, 7])
-def test_run_streams_many_beats_and_counts_cycles(seed):
-    link, uart, client = make(AddK(), seed=seed)
+def test_run_streams_many_beats_and_counts_cycles(seed, register_outputs):
+    link, uart, client = make(AddK(), seed=seed, register_outputs=register_outputs)
     rng = random.Random(2)
     words = [rng.getrandbits(32) & 0x7E7E7E7E for _ in range(24)]
     start = uart.cycle
@@ -227,8 +229,9 @@ def test_unknown_opcode_and_bad_port_get_errors_and_link_keeps_working():
     assert uart.read(1) == b""                       # no stray responses left over
 
 
-def test_status_reports_unit_error_and_reset_clears_it():
-    _, _, client = make(AddK())
+@pytest.mark.parametrize("register_outputs", [False, True])
+def test_status_reports_unit_error_and_reset_clears_it(register_outputs):
+    _, _, client = make(AddK(), register_outputs=register_outputs)
     assert client.status()["error"] == 0
     client.write("x", [0x000000FF])
     assert client.read("y", 1) == [0x000000FF]
@@ -236,6 +239,18 @@ def test_status_reports_unit_error_and_reset_clears_it():
     assert st["error"] == 1 and st["busy"] == 0
     client.reset_unit()
     assert client.status()["error"] == 0
+
+
+@pytest.mark.parametrize("register_outputs", [False, True])
+def test_reset_drops_a_result_not_yet_read(register_outputs):
+    """RESET empties the unit and, with registered outputs, the skid buffers in front of it:
+    a result written before the reset is never read after it."""
+    _, _, client = make(AddK(), timeout=50, register_outputs=register_outputs)
+    assert client.write_some("x", [0x01010101]) == 1
+    client.reset_unit()
+    assert client.read_some("y", 1) == []
+    assert client.write_some("x", [0x02020202]) == 1
+    assert client.read_some("y", 1) == [add_k(0x02020202, 0)]
 
 
 def test_board_top_in_simulation_runs_a_job():
