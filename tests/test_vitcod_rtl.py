@@ -165,6 +165,18 @@ def test_n_not_a_multiple_of_lines(n, lines, macs, d):
     check(cfg, {**qkv(rng, 1, n, d), "mask": mask}, stalls=n + lines)
 
 
+@pytest.mark.parametrize("normalisers", [1, 2])
+def test_few_normalisers_rows_wait_for_a_slot(normalisers):
+    """One or two normaliser slots (the ULX3S default has one): rows wait for a free slot while
+    each slot shifts its row out chunk by chunk (chunks = 3 here), under stalls, bit-exact."""
+    rng = np.random.default_rng(40 + normalisers)
+    cfg = SMALL.__class__(**{**SMALL.__dict__, "normalisers": normalisers})
+    n = 12
+    mask = rng.random((2, n, n)) > 0.4
+    mask[:, :, 0] = False
+    check(cfg, {**qkv(rng, 2, n, 8), "mask": mask}, stalls=5)
+
+
 @pytest.mark.parametrize("d,macs", [(1, 1), (3, 3), (4, 1)])
 def test_sparse_row_max_updates_of_one_row_back_to_back(d, macs):
     """Row 0 in every sparse column (and every row in column 0): with one chunk per dot product

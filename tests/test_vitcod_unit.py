@@ -74,7 +74,7 @@ def test_autoencoder_in_golden_and_bypass():
 
 def test_board_configs():
     cfg = u.board_config("ulx3s")
-    assert cfg.lines * cfg.macs_per_line >= 32 and cfg.n_max == 197
+    assert cfg.lines * cfg.macs_per_line >= 16 and cfg.n_max == 197 and cfg.d_max >= 64
     with pytest.raises(ValueError, match="does not fit the iCEBreaker"):
         u.board_config("icebreaker")
     with pytest.raises(ValueError, match="unknown board"):

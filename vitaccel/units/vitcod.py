@@ -103,11 +103,14 @@ def demo_config() -> Config:
 
 
 def board_config(board: str) -> Config:
-    """ULX3S (ECP5-85F): 4 lines x 8 MACs at the DeiT-Tiny size (Q, K, V are replicated per
-    line, so the line count is bounded by block RAM). The iCEBreaker's UP5K (5,280 LCs, 30 EBR,
-    8 DSPs) cannot hold two engines with their buffers at any useful size."""
+    """ULX3S (ECP5-85F): 2 lines x 8 MACs (one per engine) and one normaliser at the DeiT-Tiny
+    size: the configuration that nextpnr routes. 4 lines x 8 MACs with 3 normalisers places
+    (53k LUT4, 170 of 208 block RAMs: Q, K and V are replicated per line) but did not route in
+    48 minutes, nor 2 x 8 with 3 normalisers in 22 (router1) or 40 (router2); the normalisers'
+    row registers were the densest wiring. The iCEBreaker's UP5K (5,280 LCs, 30 EBR, 8 DSPs)
+    cannot hold two engines with their buffers at any useful size."""
     if board == "ulx3s":
-        return Config(lines=4, macs_per_line=8, normalisers=3)
+        return Config(lines=2, macs_per_line=8, normalisers=1)
     if board == "icebreaker":
         raise ValueError("vitcod does not fit the iCEBreaker (UP5K: 8 DSPs, 30 block RAMs): "
                          "two engines with replicated Q/K/V buffers need several times that; "
