@@ -451,10 +451,27 @@ class HostLink(wiring.Component):
             holds.append(hold)
             hold_valid.append(hvalid)
 
-        def respond(value, length, then_read=False):
-            """Load the response shift register and go to SEND."""
-            m.d.sync += [resp.eq(value), resp_len.eq(length), in_read.eq(then_read)]
-            m.next = "SEND"
+        # What a response carries, chosen by a small register: the states only pick a source
+        # and RESPOND loads the response register one cycle later. Loading it straight from
+        # the states made its enable (every bit, status included, spread over the die) hang
+        # off the deepest decisions of the state machine: the 60.8 MHz critical path of the
+        # ViTCoD ULX3S build ran from a holding register's valid through the WRITE logic to
+        # that enable. The values are read in RESPOND: `done` has its final count by then.
+        resp_sources = {
+            "ok": Const(OK, 8),
+            "count": Cat(Const(OK, 8), done),
+            "cycles": Cat(Const(OK, 8), counter_value),
+            "status": Cat(Const(OK, 8), flags, *(Value.cast(getattr(side, nm)) for nm in pout_names)),
+            "end": Const(TAG_END, 8),
+            "error": Cat(Const(ERR, 8), err_code),
+        }
+        resp_src = Signal(range(len(resp_sources)))
+
+        def respond(source, length, then_read=False):
+            """Answer with `length` bytes of `source` (a key of resp_sources), via RESPOND."""
+            m.d.sync += [resp_src.eq(list(resp_sources).index(source)), resp_len.eq(length),
+                         in_read.eq(then_read)]
+            m.next = "RESPOND"
 
         def fail(code):
             m.d.sync += err_code.eq(code)
@@ -481,7 +498,7 @@ class HostLink(wiring.Component):
                         with m.If(port_idx >= len(in_names)):
                             fail(ErrCode.PORT)
                         with m.Elif(n == 0):
-                            respond(OK, 3)
+                            respond("count", 3)
                         with m.Else():
                             with m.Switch(port_idx):
                                 for i, name in enumerate(in_names):
@@ -498,16 +515,14 @@ class HostLink(wiring.Component):
                                     with m.Case(i):
                                         m.d.sync += last_byte.eq(beat_bytes(outs[name]) - 1)
                             m.d.sync += done.eq(n)
-                            respond(OK, 1, then_read=True)
+                            respond("ok", 1, then_read=True)
                     with m.Case(Op.CYCLES):
-                        respond(Cat(Const(OK, 8), counter_value), 5)
+                        respond("cycles", 5)
                     with m.Case(Op.CYCLES_RESET):
                         m.d.comb += count_clear.eq(1)
-                        respond(OK, 1)
+                        respond("ok", 1)
                     with m.Case(Op.STATUS):
-                        m.d.comb += clear_flags.eq(1)
-                        respond(Cat(Const(OK, 8), flags,
-                                    *(Value.cast(getattr(side, nm)) for nm in pout_names)), 2 + status_bytes)
+                        respond("status", 2 + status_bytes)
                     with m.Case(Op.SET):
                         with m.If(port_idx >= len(pin_names)):
                             fail(ErrCode.PORT)
@@ -520,7 +535,7 @@ class HostLink(wiring.Component):
                     with m.Case(Op.RESET):
                         m.d.comb += [reset_unit.eq(1), count_clear.eq(1)]
                         m.d.sync += [hv.eq(0) for hv in hold_valid]
-                        respond(OK, 1)
+                        respond("ok", 1)
                     with m.Default():
                         fail(ErrCode.OPCODE)
 
@@ -545,7 +560,7 @@ class HostLink(wiring.Component):
                         m.d.sync += [stage_full.eq(0), timer.eq(0), done.eq(done + 1),
                                      move_left.eq(move_left - 1)]
                         with m.If(move_left == 1):
-                            respond(Cat(Const(OK, 8), (done + 1)[:16]), 3)
+                            respond("count", 3)
                     with m.Elif(timer == self.timeout):
                         m.d.comb += set_timeout_flag.eq(1)
                         # the staged beat is lost; drop the beats still in the FIFO
@@ -566,7 +581,7 @@ class HostLink(wiring.Component):
                             m.d.sync += byte_idx.eq(byte_idx + 1)
             with m.State("W_DISCARD"):
                 with m.If(n == 0):
-                    respond(Cat(Const(OK, 8), done), 3)
+                    respond("count", 3)
                 with m.Else():
                     m.d.comb += fifo.r_en.eq(1)
                     with m.If(have):
@@ -589,7 +604,7 @@ class HostLink(wiring.Component):
                     for i, name in enumerate(pin_names):
                         with m.Case(i):
                             m.d.sync += pin_regs[i].eq(wbuf[:pins[name]])
-                respond(OK, 1)
+                respond("ok", 1)
 
             # READ: wait for a beat, send tag + bytes, take it.
             with m.State("R_WAIT"):
@@ -599,13 +614,13 @@ class HostLink(wiring.Component):
                         with m.Case(i):
                             m.d.comb += valid.eq(out_streams[name].valid)
                 with m.If(done == 0):
-                    respond(TAG_END, 1)
+                    respond("end", 1)
                 with m.Elif(valid):
                     m.d.sync += byte_idx.eq(0)
                     m.next = "R_TAG"
                 with m.Elif(timer == self.timeout):
                     m.d.comb += set_timeout_flag.eq(1)
-                    respond(TAG_END, 1)
+                    respond("end", 1)
                 with m.Else():
                     m.d.sync += timer.eq(timer + 1)
             with m.State("R_TAG"):
@@ -629,6 +644,14 @@ class HostLink(wiring.Component):
                     with m.Else():
                         m.d.sync += byte_idx.eq(byte_idx + 1)
 
+            with m.State("RESPOND"):
+                with m.Switch(resp_src):
+                    for i, (source, value) in enumerate(resp_sources.items()):
+                        with m.Case(i):
+                            m.d.sync += resp.eq(value)
+                            if source == "status":
+                                m.d.comb += clear_flags.eq(1)   # the flags are reported now
+                m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += [tx_data.eq(resp[:8]), tx_valid.eq(1)]
                 with m.If(utx.ready):
@@ -650,7 +673,7 @@ class HostLink(wiring.Component):
             with m.State("DROP"):
                 m.d.comb += fifo.r_en.eq(1)
                 with m.If(~have & rx_idle):
-                    respond(Cat(Const(ERR, 8), err_code), 2)
+                    respond("error", 2)
 
             m.d.comb += link_active.eq(~fsm.ongoing("HUNT"))
         return m

@@ -390,6 +390,10 @@ class VitCoDCore(wiring.Component):
         # prefetched from the buffer): the buffer read, the compare and the stream's ready in
         # one cycle were a 16 ns path
         col_end = Signal(16)
+        # sec_i >= col_end, kept exact as a register (it matters in the entry section, where
+        # col_end only moves on a walker step): the 16-bit compare gated the index stream's
+        # ready and, through it, the host link (the 68.7 MHz critical path on the ULX3S)
+        col_due = Signal()
         cnt_sum = Signal(range(self.nnz_max * 2 + NM * 65536))
         # the first three row counts, kept for the start of the SpMM walk (which prefetches the
         # later ones from the row-count buffer, two rows ahead); zero past N
@@ -422,7 +426,11 @@ class VitCoDCore(wiring.Component):
                 m.d.comb += next_len.eq(nnz)
             with m.Case(SEC_ENTRY):
                 m.d.comb += next_len.eq(n)
+        # col_end as it is after this cycle when a section ends (col_ptr[1] may be the last
+        # col_ptr word): the entry section starts at sec_i = 0
+        col_end_now = Mux((sec == SEC_CPTR) & (sec_i == 1), word, col_end)
         next_section = [sec.eq(sec + 1), sec_i.eq(0), sec_last.eq(next_len - 1),
+                        col_due.eq(col_end_now == 0),
                         sec_empty.eq((next_len == 0) & (sec != SEC_CNT)),  # SEC_DONE: not empty
                         sec_open.eq((next_len != 0) & (sec != SEC_CNT)),
                         in_entry.eq(sec == SEC_CPTR)]
@@ -430,7 +438,7 @@ class VitCoDCore(wiring.Component):
         m.d.comb += at_last.eq(sec_i == sec_last)
         # the walker: the entry at sec_i belongs to walk_col once sec_i < col_ptr[walk_col + 1]
         walk_step = Signal()
-        m.d.comb += walk_step.eq(in_entry & (sec_i >= col_end) & walk_more)
+        m.d.comb += walk_step.eq(in_entry & col_due & walk_more)
         accept = Signal()
         m.d.comb += [
             self.index.ready.eq(loading & sec_open & ~walk_step),
@@ -440,6 +448,7 @@ class VitCoDCore(wiring.Component):
             m.d.sync += next_section
         with m.If(loading & walk_step):
             m.d.sync += [walk_col.eq(walk_col + 1), col_end.eq(cptr_rd.data),
+                         col_due.eq(sec_i >= cptr_rd.data),
                          walk_more.eq(walk_col + 2 < ncols)]
         with m.If(accept):
             with m.Switch(sec):
@@ -465,7 +474,7 @@ class VitCoDCore(wiring.Component):
                     with m.If((word[:8] >= n) | (pos_bank >= L) | (pos_word >= self.bank_depth)
                               | (pos_word * L + pos_bank >= nnz)):
                         m.d.sync += error.eq(error | ERR_INDEX_RANGE)
-                    with m.If(sec_i >= col_end):             # ran past the last column
+                    with m.If(col_due):                      # ran past the last column
                         m.d.sync += error.eq(error | ERR_CSC)
                 with m.Case(SEC_CNT):
                     m.d.comb += cnt_wr.en.eq(1)
@@ -477,7 +486,8 @@ class VitCoDCore(wiring.Component):
             with m.If(at_last):
                 m.d.sync += next_section
             with m.Else():
-                m.d.sync += sec_i.eq(sec_i + 1)
+                # col_end does not move on an accept inside the entry section
+                m.d.sync += [sec_i.eq(sec_i + 1), col_due.eq(sec_i + 1 >= col_end)]
         index_done = Signal()
         m.d.comb += index_done.eq(sec == SEC_DONE)
 
@@ -1222,7 +1232,7 @@ class VitCoDCore(wiring.Component):
                         sec_empty.eq(cmd.g == 0), sec_open.eq(cmd.g != 0),
                         in_entry.eq(0), walk_col.eq(0),
                         walk_more.eq(cmd.n - cmd.g > 1), cnt_sum.eq(0),
-                        cptr_prev.eq(0), col_end.eq(0), out_words.eq(0),
+                        cptr_prev.eq(0), col_end.eq(0), col_due.eq(1), out_words.eq(0),
                         *[c.eq(0) for c in cnt_first],
                         in_turn.eq(0), out_turn.eq(0), n_chunk.eq(0),
                         out_last.eq(cmd_out_total - 1),
