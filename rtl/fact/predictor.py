@@ -181,12 +181,20 @@ class FACTPredictor(wiring.Component):
             row = Signal(range(self.d_model_max + self.n_max), name=f"{name}_row")
             done = Signal(name=f"{name}_done")
             code = encode(m, port.payload, MB, name=f"{name}_code")
-            m.d.comb += [wr.addr.eq(addr), wr.data.eq(Cat(*[code.as_value()] * P))]
+            # The write is registered: the stream's accept (the host link's holding register
+            # and this loader's ready) drove the buffer's write enables at the block RAMs across
+            # the die, and the counters between them (75.0 MHz on the ULX3S). A value lands one
+            # cycle after its beat; the sequencer leaves LOAD on `done` one cycle later still.
+            wr_en = Signal(P, name=f"{name}_wr_en")
+            wr_addr = Signal.like(addr, name=f"{name}_wr_addr")
+            wr_code = Signal(len(code.as_value()), name=f"{name}_wr_code")
+            m.d.comb += [wr.addr.eq(wr_addr), wr.data.eq(Cat(*[wr_code] * P)), wr.en.eq(wr_en)]
+            m.d.sync += [wr_addr.eq(addr), wr_code.eq(code.as_value())]
             reset = [lane.eq(0), addr.eq(0), word.eq(0), row.eq(0), done.eq(0)]
             accept = Signal(name=f"{name}_accept")
             m.d.comb += accept.eq(port.valid & port.ready)
+            m.d.sync += wr_en.eq(Mux(accept, 1 << lane, 0))
             with m.If(accept):
-                m.d.comb += wr.en.eq(1 << lane)
                 m.d.sync += lane.eq(lane + 1)
                 with m.If(lane == P - 1):
                     m.d.sync += [addr.eq(addr + 1), word.eq(word + 1)]
@@ -304,14 +312,12 @@ class FACTPredictor(wiring.Component):
         out_word = Signal(range(hw_max))           # output column word within the head
         out_lane = Signal(range(P))
         col = Signal(range(self.d_model_max + 1))  # absolute output column (bias address)
-        wbase = Signal.like(head_wbase)
         xbase = Signal(range(self.n_max * rw_max + 1))
         kbase = Signal(range(self.n_max * hw_max + 1))
         tok = Signal(range(self.n_max))
         row = Signal(range(self.n_max))
         row_qbase = Signal.like(kbase)             # Q~ word of the current row
         key = Signal(range(self.n_max))
-        key_base = Signal.like(kbase)
         st = Signal(range(hw_max))                 # word within the head for scores
         rank = Signal(range(self.k_max))
         onehot = Signal()
@@ -337,13 +343,21 @@ class FACTPredictor(wiring.Component):
         upd3_valid, upd3_addr, upd3_inc = Signal(), Signal(range(self.n_max)), Signal()
         cycles = Signal(32)
         m.d.comb += self.cycles.eq(cycles)
+        # The operand buffers' read addresses are registers that step with the loop counters
+        # (x_addr = xbase + t, w_addr = the column's W base + t, q_addr = row_qbase + st,
+        # k_addr = the key's K~ base + st): the base adders in front of the bank select and the block RAM address were
+        # the ULX3S critical path (10.3 of 12.6 ns routing).
+        x_addr = Signal.like(xbase)
+        w_addr = Signal.like(head_wbase)
+        q_addr = Signal.like(kbase)
+        k_addr = Signal.like(kbase)
 
         m.d.comb += [
-            x_rd.addr.eq(xbase + t), wq_rd.addr.eq(wbase + t), wk_rd.addr.eq(wbase + t),
+            x_rd.addr.eq(x_addr), wq_rd.addr.eq(w_addr), wk_rd.addr.eq(w_addr),
             iss_first.eq(t == 0), iss_last.eq(t == rw_last),
             iss_tag.waddr.eq(kbase + out_word),
             iss_tag.lane.eq(out_lane), iss_tag.col.eq(col),
-            q_rd.addr.eq(row_qbase + st), k_rd.addr.eq(key_base + st),
+            q_rd.addr.eq(q_addr), k_rd.addr.eq(k_addr),
             s_iss_first.eq(st == 0), s_iss_last.eq(st == hw_last), s_iss_key.eq(key),
         ]
 
@@ -401,7 +415,8 @@ class FACTPredictor(wiring.Component):
 
             with m.State("HEAD"):
                 m.d.sync += [t.eq(0), out_word.eq(0), out_lane.eq(0),
-                             col.eq(head_col), wbase.eq(head_wbase), xbase.eq(0), kbase.eq(0),
+                             col.eq(head_col), xbase.eq(0), kbase.eq(0),
+                             x_addr.eq(0), w_addr.eq(head_wbase),
                              tok.eq(0), row.eq(0), row_qbase.eq(0), keep.eq(0)]
                 m.next = "PROJECT"
 
@@ -409,17 +424,20 @@ class FACTPredictor(wiring.Component):
                 # One X word x one Wq word and one Wk word per cycle; d output columns per token,
                 # each rw words deep.
                 m.d.comb += iss_valid.eq(1)
-                m.d.sync += t.eq(t + 1)
+                # the next column's W word follows this one's last: w_addr + 1 either way
+                m.d.sync += [t.eq(t + 1), x_addr.eq(x_addr + 1), w_addr.eq(w_addr + 1)]
                 with m.If(t == rw_last):
                     m.d.sync += [t.eq(0), out_lane.eq(out_lane + 1), col.eq(col + 1),
-                                 wbase.eq(wbase + rw_reg)]
+                                 x_addr.eq(xbase)]
                     with m.If(out_lane == P - 1):
                         m.d.sync += [out_lane.eq(0), out_word.eq(out_word + 1)]
                         with m.If(out_word == hw_last):          # token done: every head column
-                            m.d.sync += [out_word.eq(0), col.eq(head_col), wbase.eq(head_wbase),
+                            # the next token's X row follows this one's last word
+                            m.d.sync += [out_word.eq(0), col.eq(head_col),
+                                         w_addr.eq(head_wbase), x_addr.eq(x_addr + 1),
                                          xbase.eq(xbase + rw_reg), kbase.eq(kbase + hw_reg),
                                          tok.eq(tok + 1),
-                                         next_wbase.eq(wbase + rw_reg), next_col.eq(col + 1)]
+                                         next_wbase.eq(w_addr + 1), next_col.eq(col + 1)]
                             with m.If(tok == n_last):
                                 m.next = "PROJECT_DRAIN"
 
@@ -428,7 +446,7 @@ class FACTPredictor(wiring.Component):
                     m.next = "ROW"
 
             with m.State("ROW"):
-                m.d.sync += [key.eq(0), key_base.eq(0), st.eq(0)]
+                m.d.sync += [key.eq(0), st.eq(0), k_addr.eq(0), q_addr.eq(row_qbase)]
                 m.d.comb += topk.clear.eq(1)
                 m.next = "SCORE"
 
@@ -436,9 +454,11 @@ class FACTPredictor(wiring.Component):
                 # one word per cycle; the top-k sorter takes a score every cycle, so one-word
                 # keys (d == lanes) stream back to back
                 m.d.comb += s_iss_valid.eq(1)
-                m.d.sync += st.eq(st + 1)
+                # the next key's K~ word follows this one's last: k_addr + 1 either way
+                m.d.sync += [st.eq(st + 1), q_addr.eq(q_addr + 1), k_addr.eq(k_addr + 1)]
                 with m.If(st == hw_last):
-                    m.d.sync += [st.eq(0), key.eq(key + 1), key_base.eq(key_base + hw_reg)]
+                    m.d.sync += [st.eq(0), key.eq(key + 1),
+                                 q_addr.eq(row_qbase)]
                     with m.If(key == n_last):
                         m.next = "SCORE_DRAIN"
 
