@@ -58,15 +58,17 @@ def _tie_heavy_scores(rng, size, width):
     return rng.integers(-2, 3, size=size) * step + rng.integers(-3, 4, size=size)
 
 
-@pytest.mark.parametrize("score_width", [8, 24])
+@pytest.mark.parametrize("k_max,score_width", [(5, 8), (5, 24), (40, 24)])
 @pytest.mark.parametrize("gap_rate", [0.0, 0.4], ids=["back-to-back", "random-gaps"])
-def test_topk_sorter_streams_one_score_per_cycle(gap_rate, score_width):
+def test_topk_sorter_streams_one_score_per_cycle(gap_rate, k_max, score_width):
     """Scores from a narrow range (many ties) inserted every cycle or with random gaps: after
     each row the array is the stable descending sort's first k_max (lower index wins a tie),
-    which needs the compare to see the element still being written (forwarding)."""
-    k_max, rng = 5, np.random.default_rng(11)
-    dut = TopKSorter(k_max, score_width=score_width, index_width=6)
-    rows = [_tie_heavy_scores(rng, int(rng.integers(1, 40)), score_width) for _ in range(30)]
+    which needs the compare to see the element still being written (forwarding). k_max = 40
+    splits the comparators over four copies of the element's score."""
+    rng = np.random.default_rng(11)
+    dut = TopKSorter(k_max, score_width=score_width, index_width=7)
+    rows = [_tie_heavy_scores(rng, int(rng.integers(1, k_max + 35)), score_width)
+            for _ in range(30)]
     mismatches = []
 
     async def bench(ctx):
