@@ -486,8 +486,18 @@ class Selector(wiring.Component):
         # the lanes used in the beat and the last-tile test are then one compare each, which
         # keeps the result.ready handshake into the MAC array short
         o_left = Signal(range(max(d, h) + 1))
-        lane_count = Signal(range(C + 1))
-        m.d.comb += lane_count.eq(Mux(o_left >= C, C, o_left))
+        # The beat's last lane for one and for two lanes per cycle (lane_count - 1 and
+        # max(lane_count - 2, 0), lane_count = min(o_left, C)), registers that move with o_left:
+        # computed from o_left in the cycle, they put two compares and an adder in front of
+        # result.ready, which loads `beat` and the lane counter (the 68.5 MHz ULX3S path).
+        lane_last = Signal(range(C))
+        pair_last = Signal(range(C))
+
+        def beat_lanes(outputs_left):
+            """Set lane_last and pair_last for a beat with `outputs_left` outputs from lane 0."""
+            return [lane_last.eq(Mux(outputs_left >= C, C - 1, outputs_left - 1)),
+                    pair_last.eq(Mux(outputs_left >= C, max(C - 2, 0),
+                                     Mux(outputs_left >= 2, outputs_left - 2, 0)))]
         # value = accumulator + bias of lane `lane`; value1 = the next lane (GELU pairs)
         value = Signal(signed(33))
         value1 = Signal(signed(33))
@@ -505,11 +515,11 @@ class Selector(wiring.Component):
         pair = Signal()
         has_second = Signal()
         m.d.comb += [pair.eq(L_mode == MODES["gelu"]),
-                     has_second.eq(pair & (lane + 1 < lane_count))]
+                     has_second.eq(pair & (lane < lane_last))]
         lane_done = Signal()      # the current lane(s) of `beat` moved into S this cycle
         last_lane = Signal()
         m.d.comb += last_lane.eq(Mux(L_mode == MODES["logit"], 1,
-                                     Mux(pair, lane + 2 >= lane_count, lane == lane_count - 1)))
+                                     Mux(pair, lane >= pair_last, lane == lane_last)))
 
         # the S register; its consumers (below) set s_taken when they accept its value
         s_v = Signal()
@@ -540,10 +550,11 @@ class Selector(wiring.Component):
                     m.d.sync += pr.eq(0)
                     with m.If(o_left <= C):
                         m.d.sync += [pog.eq(0), ptg.eq(ptg + 1), b_addr.eq(L_b_base),
-                                     row_base.eq(row_base + L_out_stride), o_left.eq(L_out)]
+                                     row_base.eq(row_base + L_out_stride), o_left.eq(L_out),
+                                     *beat_lanes(L_out)]
                     with m.Else():
                         m.d.sync += [pog.eq(pog + 1), b_addr.eq(b_addr + 1),
-                                     o_left.eq(o_left - C)]
+                                     o_left.eq(o_left - C), *beat_lanes(o_left - C)]
                 with m.Else():
                     m.d.sync += pr.eq(pr + 1)
             with m.Else():
@@ -564,7 +575,7 @@ class Selector(wiring.Component):
         write_count = Signal(2)   # values written back this cycle
         with m.If(gemm_start):
             m.d.sync += [ptg.eq(0), pog.eq(0), pr.eq(0), b_addr.eq(L_b_base),
-                         row_base.eq(L_out_base), o_left.eq(L_out)]
+                         row_base.eq(L_out_base), o_left.eq(L_out), *beat_lanes(L_out)]
 
         # mode gelu: S -> GELU pair with (addr, lane, o, second) on the side FIFO
         # deep enough for every beat in flight in a GELU (the GELUs never see back-pressure)

@@ -745,13 +745,17 @@ class VitCoDCore(wiring.Component):
             m.d.sync += [s2b_xi[ln].eq(Mux(xi > 31, 31, xi)), s2b_ok[ln].eq(s2a_ok[ln]),
                          s2b_vaddr[ln].eq(qkv_addr(s2a_col[ln], s2a_chunk[ln]))]
 
-        # --- stage 2b (phase 2): the LUT value shifted, (LUT << 1) >> xi, registered (LUT
-        # read, barrel shifter, rounding adder and the fan-out to the P multipliers in one
-        # cycle were a 15.5 ns path); V is read meanwhile ---
-        s2_half = [Signal(E_BITS + 2, name=f"l{ln}_s2_half") for ln in range(L)]
+        # --- stage 2b (phase 2): the LUT value and the shift registered as they are; V is
+        # read meanwhile. The block RAM's output meets a flip-flop only: it is slow (5.6 ns) and
+        # the placer may put its block far from the line, so the barrel shifter behind it was
+        # the 72.0 MHz ULX3S critical path (a 5 ns route, then four LUT levels). The shift and
+        # the rounding run in stage 2 from these registers (all of LUT read, shift, rounding and
+        # the fan-out to the P multipliers in one cycle was once a 15.5 ns path) ---
+        s2_lut = [Signal(E_BITS + 1, name=f"l{ln}_s2_lut") for ln in range(L)]
+        s2_xi = [Signal(range(32), name=f"l{ln}_s2_xi") for ln in range(L)]
         s2_eok = [Signal(name=f"l{ln}_s2_eok") for ln in range(L)]
         for ln in range(L):
-            m.d.sync += [s2_half[ln].eq(Cat(Const(0, 1), lut_rd[ln].data) >> s2b_xi[ln]),
+            m.d.sync += [s2_lut[ln].eq(lut_rd[ln].data), s2_xi[ln].eq(s2b_xi[ln]),
                          s2_eok[ln].eq(s2b_ok[ln])]
 
         # --- stage 2 registers (phase-1 tags) ---
@@ -814,7 +818,9 @@ class VitCoDCore(wiring.Component):
         s3_e = [Signal(E_BITS + 1, name=f"l{ln}_s3_e") for ln in range(L)]
         for ln in range(L):
             e = Signal(E_BITS + 1, name=f"l{ln}_e")
-            m.d.comb += e.eq(Mux(s2_eok[ln], (s2_half[ln] + 1) >> 1, 0))
+            half = Signal(E_BITS + 2, name=f"l{ln}_half")     # (LUT << 1) >> xi
+            m.d.comb += [half.eq(Cat(Const(0, 1), s2_lut[ln]) >> s2_xi[ln]),
+                         e.eq(Mux(s2_eok[ln], (half + 1) >> 1, 0))]
             m.d.sync += s3_e[ln].eq(e)
             for j in range(P):
                 qv = q_rd[ln].data.word_select(j, 8).as_signed()
