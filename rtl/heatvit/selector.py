@@ -521,27 +521,40 @@ class Selector(wiring.Component):
         m.d.comb += last_lane.eq(Mux(L_mode == MODES["logit"], 1,
                                      Mux(pair, lane >= pair_last, lane == lane_last)))
 
-        # the S register; its consumers (below) set s_taken when they accept its value
-        s_v = Signal()
-        s_val0 = Signal(signed(34))      # value (gelu / bias / head) or z0 - z1 (logit)
-        s_val1 = Signal(signed(33))      # value1 (gelu: the second channel)
-        s_side = Signal(data.StructLayout({"addr": range(P.act_depth + 1), "lane": range(R),
-                                           "o": range(max(d, h) + C + 1), "second": 1}))
-        s_t = Signal(range(n_max + R + 1))
-        s_blane = Signal(range(C))       # bias mode: the lane, last lane and word of the value
-        s_blast = Signal()
-        s_bword = Signal(range(max(P.act_depth, P.biases_depth) + max(d, h) + 1))
-        s_taken = Signal()
+        # the S register, then a skid buffer whose output the consumers (below) take, setting
+        # s_taken. S advances on the skid's registered ready: with the consumers' acceptance
+        # (FIFO space, GELU and requantiser ready, the mode) in S's advance, the lane logic,
+        # result.ready and the loads of `beat` and the lane counter hung off it (72.6 MHz on
+        # the ULX3S). One cycle more of latency, the same throughput.
+        side_layout = data.StructLayout({"addr": range(P.act_depth + 1), "lane": range(R),
+                                         "o": range(max(d, h) + C + 1), "second": 1})
+        s_layout = data.StructLayout({
+            "val0": signed(34),          # value (gelu / bias / head) or z0 - z1 (logit)
+            "val1": signed(33),          # value1 (gelu: the second channel)
+            "side": side_layout,
+            "t": range(n_max + R + 1),
+            "blane": range(C),           # bias mode: the lane, last lane and word of the value
+            "blast": 1,
+            "bword": range(max(P.act_depth, P.biases_depth) + max(d, h) + 1)})
+        S = Signal(s_layout)
+        S_v = Signal()
+        m.submodules.s_skid = s_skid = SkidBuffer(s_layout)
         s_adv = Signal()
-        m.d.comb += [s_adv.eq(~s_v | s_taken), lane_done.eq(beat_full & s_adv)]
+        m.d.comb += [s_skid.i.valid.eq(S_v), s_skid.i.payload.eq(S),
+                     s_adv.eq(~S_v | s_skid.i.ready), lane_done.eq(beat_full & s_adv)]
         with m.If(s_adv):
-            m.d.sync += [s_v.eq(beat_full),
-                         s_val0.eq(Mux(L_mode == MODES["logit"], z_diff, value)),
-                         s_val1.eq(value1),
-                         s_side.addr.eq(row_base + o_cur), s_side.lane.eq(pr),
-                         s_side.o.eq(o_cur), s_side.second.eq(has_second),
-                         s_t.eq(t_cur), s_blane.eq(lane), s_blast.eq(last_lane),
-                         s_bword.eq(L_out_base + pog)]
+            m.d.sync += [S_v.eq(beat_full),
+                         S.val0.eq(Mux(L_mode == MODES["logit"], z_diff, value)),
+                         S.val1.eq(value1),
+                         S.side.addr.eq(row_base + o_cur), S.side.lane.eq(pr),
+                         S.side.o.eq(o_cur), S.side.second.eq(has_second),
+                         S.t.eq(t_cur), S.blane.eq(lane), S.blast.eq(last_lane),
+                         S.bword.eq(L_out_base + pog)]
+        s_out = s_skid.o.payload
+        s_v, s_val0, s_val1, s_side = s_skid.o.valid, s_out.val0, s_out.val1, s_out.side
+        s_t, s_blane, s_blast, s_bword = s_out.t, s_out.blane, s_out.blast, s_out.bword
+        s_taken = Signal()
+        m.d.comb += s_skid.o.ready.eq(s_taken)
 
         with m.If(lane_done):
             with m.If(last_lane):
@@ -586,7 +599,7 @@ class Selector(wiring.Component):
                          gelu1.i.valid.eq(gfifo.w_rdy), gelu1.i.payload.eq(s_val1)]
             with m.If(gelu0.i.ready & gfifo.w_rdy):
                 m.d.comb += [gfifo.w_en.eq(1), s_taken.eq(1)]
-        g_side = Signal.like(s_side)
+        g_side = Signal(side_layout)
         m.d.comb += [g_side.eq(gfifo.r_data), gelu0.o.ready.eq(1), gelu1.o.ready.eq(1)]
         # global-half sums: channel o -> index o - d/2, bank = index parity (a pair's two
         # indices differ by one, so they never share a bank)
