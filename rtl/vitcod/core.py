@@ -71,8 +71,9 @@ Phases (one command):
 Line pipeline (per line; phase 1 = SDDMM, phase 2 = SpMM): issue (index, score and row-max
 reads) -> stage 1 (phase 1: Q/K addresses; phase 2: the lane's t and both engines' row maxima
 selected) -> phase 1: stage 1b (Q/K read) | phase 2: stage 2a (``m`` = max of the maxima,
-``x = m - t``, exp-LUT address, V address) and stage 2b (LUT value shifted by ``x >> T_FRAC``;
-V read) -> stage 2 (operands: Q and K, or the rounded ``e`` and V) -> stage 3 (products) ->
+``x = m - t``, exp-LUT address from the fraction and the shift's two low bits, V address) and
+stage 2b (LUT value registered; V read) -> stage 2 (operands: Q and K, or ``e``: the LUT value
+shifted by the rest of ``x >> T_FRAC`` and rounded, and V) -> stage 3 (products) ->
 stage 4 (lane tree / cross-line sums) -> stage 5 (accumulate). The stages are cut so that a
 path holds about one block-RAM read, multiplier or wide adder plus a few LUT levels (ECP5
 timing).
@@ -315,10 +316,16 @@ class VitCoDCore(wiring.Component):
         m.submodules.sparse_row_max = ms_mem = Memory(shape=signed(T_BITS), depth=NM, init=[])
         ms_wr = ms_mem.write_port()
         ms_rd = ms_mem.read_port(transparent_for=(ms_wr,))
+        # The exp LUT holds (EXP_LUT[f] << 1) >> s for the two low bits s of the shift, at
+        # address s * 2**T_FRAC + f (1024 x 17 bits, one DP16KD): the fabric then shifts by
+        # multiples of four only, an 8-way choice instead of a five-level barrel shifter, in
+        # the stage that also rounds and fans e out to the line's multipliers (13.5 ns, the
+        # 74.0 MHz ULX3S critical path). A shift of 32 or more leaves 0 either way.
+        exp_lut_shifted = [(int(v) << 1) >> s for s in range(4) for v in EXP_LUT]
         lut_rd = []
         for ln in range(L):
-            mem = Memory(shape=unsigned(E_BITS + 1), depth=len(EXP_LUT),
-                         init=[int(x) for x in EXP_LUT])
+            mem = Memory(shape=unsigned(E_BITS + 2), depth=len(exp_lut_shifted),
+                         init=exp_lut_shifted)
             m.submodules[f"exp_lut{ln}"] = mem
             lut_rd.append(mem.read_port())
 
@@ -733,29 +740,29 @@ class VitCoDCore(wiring.Component):
             ]
 
         # --- stage 2a (phase 2): m, x = m - t -> exp LUT address and shift; V address ---
-        s2b_xi = [Signal(range(32), name=f"l{ln}_s2b_xi") for ln in range(L)]
+        s2b_hi = [Signal(range(8), name=f"l{ln}_s2b_hi") for ln in range(L)]   # min(xi, 31) >> 2
         s2b_ok = [Signal(name=f"l{ln}_s2b_ok") for ln in range(L)]
         s2b_vaddr = [Signal.like(v_rd[ln].addr, name=f"l{ln}_s2b_vaddr") for ln in range(L)]
         for ln in range(L):
             x = Signal(signed(T_BITS + 1), name=f"l{ln}_x")
             m_line = Mux(s2a_md[ln] > s2a_ms[ln], s2a_md[ln], s2a_ms[ln])
-            m.d.comb += [x.eq(m_line - s2a_t[ln]), lut_rd[ln].addr.eq(x[:T_FRAC]),
+            m.d.comb += [x.eq(m_line - s2a_t[ln]), lut_rd[ln].addr.eq(x[:T_FRAC + 2]),
                          v_rd[ln].addr.eq(s2b_vaddr[ln])]
             xi = x >> T_FRAC
-            m.d.sync += [s2b_xi[ln].eq(Mux(xi > 31, 31, xi)), s2b_ok[ln].eq(s2a_ok[ln]),
+            m.d.sync += [s2b_hi[ln].eq(Mux(xi > 31, 7, xi >> 2)), s2b_ok[ln].eq(s2a_ok[ln]),
                          s2b_vaddr[ln].eq(qkv_addr(s2a_col[ln], s2a_chunk[ln]))]
 
-        # --- stage 2b (phase 2): the LUT value and the shift registered as they are; V is
+        # --- stage 2b (phase 2): the LUT value and the rest of the shift registered; V is
         # read meanwhile. The block RAM's output meets a flip-flop only: it is slow (5.6 ns) and
         # the placer may put its block far from the line, so the barrel shifter behind it was
         # the 72.0 MHz ULX3S critical path (a 5 ns route, then four LUT levels). The shift and
         # the rounding run in stage 2 from these registers (all of LUT read, shift, rounding and
         # the fan-out to the P multipliers in one cycle was once a 15.5 ns path) ---
-        s2_lut = [Signal(E_BITS + 1, name=f"l{ln}_s2_lut") for ln in range(L)]
-        s2_xi = [Signal(range(32), name=f"l{ln}_s2_xi") for ln in range(L)]
+        s2_lut = [Signal(E_BITS + 2, name=f"l{ln}_s2_lut") for ln in range(L)]  # (LUT << 1) >> s
+        s2_hi = [Signal(range(8), name=f"l{ln}_s2_hi") for ln in range(L)]
         s2_eok = [Signal(name=f"l{ln}_s2_eok") for ln in range(L)]
         for ln in range(L):
-            m.d.sync += [s2_lut[ln].eq(lut_rd[ln].data), s2_xi[ln].eq(s2b_xi[ln]),
+            m.d.sync += [s2_lut[ln].eq(lut_rd[ln].data), s2_hi[ln].eq(s2b_hi[ln]),
                          s2_eok[ln].eq(s2b_ok[ln])]
 
         # --- stage 2 registers (phase-1 tags) ---
@@ -819,7 +826,7 @@ class VitCoDCore(wiring.Component):
         for ln in range(L):
             e = Signal(E_BITS + 1, name=f"l{ln}_e")
             half = Signal(E_BITS + 2, name=f"l{ln}_half")     # (LUT << 1) >> xi
-            m.d.comb += [half.eq(Cat(Const(0, 1), s2_lut[ln]) >> s2_xi[ln]),
+            m.d.comb += [half.eq(s2_lut[ln] >> Cat(Const(0, 2), s2_hi[ln])),
                          e.eq(Mux(s2_eok[ln], (half + 1) >> 1, 0))]
             m.d.sync += s3_e[ln].eq(e)
             for j in range(P):
