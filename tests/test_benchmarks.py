@@ -53,3 +53,42 @@ def test_missing_saved_build_is_a_note_not_a_build(tmp_path, monkeypatch):
 def test_unfit_board_is_a_row_not_a_crash():
     rows = common.board_builds("heatvit", ["icebreaker"], saved=True)
     assert rows[0]["fits"] is False and "does not fit" in rows[0]["note"]
+
+
+def test_vitcod_builds_only_keeps_the_simulated_results(tmp_path, monkeypatch):
+    """`--builds-only` rewrites the board-build rows and nothing else of the saved results."""
+    import dataclasses
+
+    import vitcod
+    from vitaccel import cli, units
+    u = units.get("vitcod")
+    cfg = u.Config()
+    summary = {"heads": 1, "all_bit_exact": True, "compute_cycles": 1000, "sddmm_cycles": 600,
+               "spmm_cycles": 400, "cycles_total": 1200, "dense_baseline_cycles": 5000,
+               "speedup_vs_dense": 5.0, "model_cycles": 900, "mac_utilisation": 0.5,
+               "dense_issue_eff_mean": 0.99, "dense_issue_eff_min": 0.98,
+               "sparse_issue_eff_mean": 0.97, "sparse_issue_eff_min": 0.96,
+               "dense_phase_eff_mean": 0.9, "sparse_phase_eff_mean": 0.8}
+    head = {"layer": 0, "head": 0, "G": 3, "nnz_sparse": 77, "lines_d": 1, "lines_s": 1,
+            "sddmm_cycles": 600, "spmm_cycles": 400, "compute_cycles": 1000, "cycles_total": 1234,
+            "model_cycles": 900, "dense_baseline_cycles": 5000, "speedup_vs_dense": 5.0,
+            "mac_utilisation": 0.5, "dense_issue_eff": 0.99, "sparse_issue_eff": 0.97,
+            "bit_exact": True}
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "vitcod.json").write_text(json.dumps({
+        "unit": "vitcod", "simulator": "verilator", "stalls": False,
+        "config": dataclasses.asdict(cfg), "summary": summary, "heads": [head], "builds": []}))
+    monkeypatch.setattr(vitcod, "RESULTS", results)
+    monkeypatch.setattr(cli, "RESULTS", tmp_path)
+    board_cfg = u.board_config("ulx3s")
+    (tmp_path / "vitcod-build-ulx3s.json").write_text(json.dumps(
+        {"config": dataclasses.asdict(board_cfg), "luts": 40000, "ffs": 18000, "dsps": 63,
+         "brams": 93, "fmax_mhz": 76.54, "target_mhz": 75.0}))
+    assert vitcod.main(["--builds-only", "--saved-builds", "--boards", "ulx3s"]) == 0
+    saved = json.loads((results / "vitcod.json").read_text())
+    assert saved["heads"] == [head] and saved["summary"] == summary
+    assert saved["builds"][0]["fmax_mhz"] == 76.54 and saved["builds"][0]["meets_target"]
+    md = (results / "vitcod.md").read_text()
+    assert "| 0 | 0 | 3 | 77 | 1/1 | 600 | 400 | 1000 | 1234 |" in md
+    assert "| ulx3s | 40000 | 18000 | 63 | 93 | 76.5 | 75.0 | True |" in md
