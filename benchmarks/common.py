@@ -99,6 +99,19 @@ def board_builds(unit_name: str, boards, saved=False) -> list[dict]:
     return rows
 
 
+BUILDS_ONLY_HELP = ("keep the other results of benchmarks/results/<unit>.json and only redo the "
+                    "board-build rows of the boards given (a ULX3S build of a large unit takes "
+                    "30-50 min, longer than its simulations: refresh the rows when it finishes)")
+
+
+def refreshed_builds(unit_name: str, previous: list[dict], boards, saved=False) -> list[dict]:
+    """``previous`` build rows with those of ``boards`` replaced by :func:`board_builds` rows
+    (rows of other boards kept, in board order), for the benchmarks' ``--builds-only``."""
+    fresh = {r["board"]: r for r in board_builds(unit_name, boards, saved=saved)}
+    rows = [fresh.pop(r["board"], r) for r in previous]
+    return rows + list(fresh.values())
+
+
 def _router_of(report: dict) -> str | None:
     """The nextpnr router of a build whose report predates the ``router`` field: read from the
     build script beside its bitstream."""

@@ -227,7 +227,14 @@ def main(argv=None):
     ap.add_argument("--saved-builds", action="store_true",
                     help="reuse the reports of earlier `vitaccel build fact` runs "
                          "(build/results/fact-build-<board>.json) instead of rebuilding")
+    ap.add_argument("--builds-only", action="store_true", help=common.BUILDS_ONLY_HELP)
     args, _ = ap.parse_known_args(argv)       # benchmarks/run.py passes the common flags
+    if args.builds_only:
+        report = json.loads((RESULTS / "fact.json").read_text())
+        report["builds"] = common.refreshed_builds("fact", report.get("builds", []), args.boards,
+                                                   saved=args.saved_builds)
+        write(report)
+        return 0
     report = {"accuracy": {}, "note": "hit rates vs exact int8 attention, k = 20% of N"}
     sets = {"structured synthetic (N=197, D=192, 3 heads)": structured_cases()}
     if args.torch_python:
@@ -243,6 +250,10 @@ def main(argv=None):
     report["cycles"] = cycles_section(args.simulate, args.sim)
     report["builds"] = [] if args.no_build else common.board_builds("fact", args.boards,
                                                                     saved=args.saved_builds)
+    write(report)
+
+
+def write(report):
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fact.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (RESULTS / "fact.md").write_text(markdown(report))

@@ -179,16 +179,13 @@ def main(argv=None):
     ap = common.parser(__doc__.splitlines()[0])
     ap.set_defaults(boards=["ulx3s"])
     ap.add_argument("--heads", help="comma-separated layer:head list (default: all 36)")
-    ap.add_argument("--builds-only", action="store_true",
-                    help="keep the simulated results of benchmarks/results/vitcod.json and only "
-                         "redo its board-build rows (a ULX3S build takes 30-50 min, the 36 heads "
-                         "~10 min: refresh the rows when a build finishes after the simulation)")
+    ap.add_argument("--builds-only", action="store_true", help=common.BUILDS_ONLY_HELP)
     args = ap.parse_args(argv)
     if args.builds_only:
         from vitaccel import units
         previous = json.loads((RESULTS / "vitcod.json").read_text())
-        builds = [] if args.no_build else common.board_builds("vitcod", args.boards,
-                                                              saved=args.saved_builds)
+        builds = common.refreshed_builds("vitcod", previous.get("builds", []), args.boards,
+                                         saved=args.saved_builds)
         cfg = units.get("vitcod").Config(**previous["config"])
         write(cfg, previous["heads"], previous["summary"], previous["simulator"], builds)
         return 0

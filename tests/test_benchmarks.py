@@ -92,3 +92,41 @@ def test_vitcod_builds_only_keeps_the_simulated_results(tmp_path, monkeypatch):
     md = (results / "vitcod.md").read_text()
     assert "| 0 | 0 | 3 | 77 | 1/1 | 600 | 400 | 1000 | 1234 |" in md
     assert "| ulx3s | 40000 | 18000 | 63 | 93 | 76.5 | 75.0 | True |" in md
+
+
+def test_refreshed_builds_replaces_only_the_rebuilt_boards(monkeypatch):
+    old = [{"board": "ulx3s", "fmax_mhz": 70.0}, {"board": "icebreaker", "fmax_mhz": 28.0}]
+    monkeypatch.setattr(common, "board_builds",
+                        lambda unit, boards, saved=False: [{"board": b, "fmax_mhz": 80.0}
+                                                           for b in boards])
+    assert common.refreshed_builds("fact", old, ["ulx3s"]) == [
+        {"board": "ulx3s", "fmax_mhz": 80.0}, {"board": "icebreaker", "fmax_mhz": 28.0}]
+    assert common.refreshed_builds("fact", [], ["ulx3s"]) == [{"board": "ulx3s", "fmax_mhz": 80.0}]
+
+
+def test_fact_builds_only_keeps_the_accuracy_and_cycle_results(tmp_path, monkeypatch):
+    import dataclasses
+
+    import fact
+    from vitaccel import cli, units
+    results = tmp_path / "results"
+    results.mkdir()
+    previous = json.loads((BENCH / "results" / "fact.json").read_text())
+    (results / "fact.json").write_text(json.dumps(previous))
+    monkeypatch.setattr(fact, "RESULTS", results)
+    monkeypatch.setattr(cli, "RESULTS", tmp_path)
+    board_cfg = units.get("fact").board_config("ulx3s")
+    (tmp_path / "fact-build-ulx3s.json").write_text(json.dumps(
+        {"config": dataclasses.asdict(board_cfg), "luts": 18000, "ffs": 12000, "dsps": 0,
+         "brams": 79, "fmax_mhz": 101.25, "target_mhz": 100.0}))
+    assert fact.main(["--builds-only", "--saved-builds", "--boards", "ulx3s"]) == 0
+    saved = json.loads((results / "fact.json").read_text())
+    assert saved["accuracy"] == previous["accuracy"] and saved["cycles"] == previous["cycles"]
+    boards = [r["board"] for r in saved["builds"]]
+    assert boards == [r["board"] for r in previous["builds"]]
+    ulx3s = saved["builds"][boards.index("ulx3s")]
+    assert ulx3s["fmax_mhz"] == 101.25 and ulx3s["meets_target"]
+    others = [r for r in saved["builds"] if r["board"] != "ulx3s"]
+    assert others == [r for r in previous["builds"] if r["board"] != "ulx3s"]
+    assert "| ulx3s | 18000 | 12000 | 0 | 79 | 101.2 | 100.0 | True |" in \
+        (results / "fact.md").read_text()
