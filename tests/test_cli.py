@@ -112,3 +112,19 @@ def test_every_unit_has_a_ulx3s_fmax_target():
     from vitaccel import units
     for name in units.names():
         assert units.get(name).FMAX_TARGET_MHZ["ulx3s"] > 25.0, name
+
+
+def test_seeded_builds_have_their_own_directory(monkeypatch):
+    """Seeds of one netlist can run side by side: each seed builds in a directory of its own."""
+    from vitaccel import units
+    from vitaccel.boards import build as board_build
+    dirs = []
+
+    def fake_build(top, board, build_dir, **kwargs):
+        dirs.append(build_dir)
+        return {"fmax_mhz": 50.0, "seed": kwargs.get("seed")}
+    monkeypatch.setattr(board_build, "build", fake_build)
+    cfg = units.get("gemm").board_config("icebreaker")
+    cli.run_build("gemm", cfg, "icebreaker", 30, seed=None)
+    cli.run_build("gemm", cfg, "icebreaker", 30, seed=3)
+    assert dirs == ["build/boards/gemm", "build/boards/gemm/seed3"]

@@ -150,9 +150,10 @@ def run_build(unit_name: str, cfg, board: str, freq: float | None, router: str |
     from vitaccel.boards.platforms import board_top
     from vitaccel.boards.hostlink import unit_id_of
     top = board_top(unit.component(cfg), board, unit_id=unit_id_of(unit_name))
+    # a seeded build has a directory of its own, so seeds of one netlist can run side by side
+    build_dir = f"build/boards/{unit_name}" + ("" if seed is None else f"/seed{seed}")
     report = board_build.build(top, board, freq_mhz=freq, router=router, seed=seed,
-                               build_dir=f"build/boards/{unit_name}",
-                               progress=_progress)
+                               build_dir=build_dir, progress=_progress)
     report["unit"] = unit_name
     report["config"] = cfg
     _save("build", unit_name, report, board)
