@@ -160,7 +160,8 @@ class BankedMemory(wiring.Component):
         blocks = []
         if mode == 18 and g <= 9:
             for first in range(0, granules, 2):
-                blocks.append([(j, 0, g, j - first) for j in range(first, min(first + 2, granules))])
+                pair = range(first, min(first + 2, granules))
+                blocks.append([(j, 0, g, j - first) for j in pair])
         else:
             for j in range(granules):
                 for lo in range(0, g, mode):
@@ -186,8 +187,9 @@ class BankedMemory(wiring.Component):
                     lane_we.append(en)
                     if mode == 18:
                         be[lane] = en
-                    m.d.comb += [di[9 * lane:9 * lane + bits].eq(self.write.data[j * g + glo:][:bits]),
-                                 data[j * g + glo:][:bits].eq(do[9 * lane:9 * lane + bits])]
+                    bit = j * g + glo
+                    m.d.comb += [di[9 * lane:][:bits].eq(self.write.data[bit:][:bits]),
+                                 data[bit:][:bits].eq(do[9 * lane:][:bits])]
                 pins = dict(
                     p_DATA_WIDTH_A=mode, p_DATA_WIDTH_B=mode,
                     p_REGMODE_A="NOREG", p_REGMODE_B="OUTREG",
