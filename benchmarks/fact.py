@@ -228,6 +228,10 @@ def main(argv=None):
                     help="reuse the reports of earlier `vitaccel build fact` runs "
                          "(build/results/fact-build-<board>.json) instead of rebuilding")
     ap.add_argument("--builds-only", action="store_true", help=common.BUILDS_ONLY_HELP)
+    ap.add_argument("--keep-accuracy", action="store_true",
+                    help="reuse the hit-rate tables of benchmarks/results/fact.json (they depend "
+                         "on the golden model only, and the MiniLM set needs --torch-python) and "
+                         "redo the cycles and the builds")
     args, _ = ap.parse_known_args(argv)       # benchmarks/run.py passes the common flags
     if args.builds_only:
         report = json.loads((RESULTS / "fact.json").read_text())
@@ -240,6 +244,9 @@ def main(argv=None):
     if args.torch_python:
         sets["all-MiniLM-L6-v2 activations (6 layers x 2 texts, D=384, 12 heads)"] = \
             minilm_cases(args.torch_python)
+    if args.keep_accuracy:
+        report["accuracy"] = json.loads((RESULTS / "fact.json").read_text())["accuracy"]
+        sets = {}
     for name, cases in sets.items():
         rows = evaluate(cases)
         report["accuracy"][name] = {"cases": len(cases), "rows": rows, "cheapest_90": cheapest(rows),
