@@ -130,3 +130,20 @@ def test_fact_builds_only_keeps_the_accuracy_and_cycle_results(tmp_path, monkeyp
     assert others == [r for r in previous["builds"] if r["board"] != "ulx3s"]
     assert "| ulx3s | 18000 | 12000 | 0 | 79 | 101.2 | 100.0 | True |" in \
         (results / "fact.md").read_text()
+
+
+def test_fact_keep_accuracy_reuses_the_hit_rates_and_redoes_the_cycles(tmp_path, monkeypatch):
+    import fact
+    from vitaccel import units
+    results = tmp_path / "results"
+    results.mkdir()
+    previous = json.loads((BENCH / "results" / "fact.json").read_text())
+    previous["cycles"] = {"stale": True}
+    (results / "fact.json").write_text(json.dumps(previous))
+    monkeypatch.setattr(fact, "RESULTS", results)
+    monkeypatch.setattr(fact, "structured_cases", lambda: pytest.fail("recomputed the hit rates"))
+    fact.main(["--keep-accuracy", "--no-build"])
+    saved = json.loads((results / "fact.json").read_text())
+    assert saved["accuracy"] == previous["accuracy"]
+    u = units.get("fact")
+    assert saved["cycles"]["compute_cycles"] == u.expected_compute_cycles(u.Config(), 197, 192)
