@@ -152,11 +152,12 @@ class FACTPredictor(wiring.Component):
         imp_wr, imp_rd = imp_mem.write, imp_mem.read
 
         # --- command registers ----------------------------------------------------------------
-        # A command is registered when taken (IDLE), checked from that register (CMD_CHECK)
-        # and accepted or rejected from the registered verdict (CMD_DECIDE): the field compares once
-        # fed the enables of every command register and counter directly from the host link's
-        # payload (the 95.0 MHz ULX3S path, 10.5 ns).
-        cmd = Signal.like(self.cmd.payload, name="cmd_r")
+        # A command is checked while it waits (IDLE registers the verdict without taking it: a
+        # stream payload holds until taken) and taken and accepted or rejected a cycle later from
+        # that register (CMD_DECIDE): the field compares once fed the enables of every command
+        # register and counter directly (the 95.0 MHz ULX3S path, 10.5 ns). No copy of the
+        # command is kept, which the iCEBreaker build has no cells for.
+        cmd = self.cmd.payload
         cmd_ok_r = Signal()
         n_last = Signal(range(self.n_max))            # n - 1
         n_reg = Signal(range(self.n_max + 1))
@@ -400,16 +401,12 @@ class FACTPredictor(wiring.Component):
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += cmd.eq(self.cmd.payload)
-                    m.next = "CMD_CHECK"
-
-            with m.State("CMD_CHECK"):
-                m.d.sync += cmd_ok_r.eq(cmd_ok)
-                m.next = "CMD_DECIDE"
+                    m.d.sync += cmd_ok_r.eq(cmd_ok)
+                    m.next = "CMD_DECIDE"
 
             with m.State("CMD_DECIDE"):
+                m.d.comb += self.cmd.ready.eq(1)      # the command checked in IDLE, still valid
                 with m.If(cmd_ok_r):
                     m.d.sync += [
                         n_reg.eq(cmd.n), n_last.eq(cmd.n - 1), rw_reg.eq(cmd.row_words),
@@ -549,7 +546,7 @@ class FACTPredictor(wiring.Component):
                     m.next = "IMPORTANCE"
 
         # busy / cycles: everything after the loads, up to the last importance beat
-        working = ~(fsm.ongoing("IDLE") | fsm.ongoing("CMD_CHECK") | fsm.ongoing("CMD_DECIDE")
+        working = ~(fsm.ongoing("IDLE") | fsm.ongoing("CMD_DECIDE")
                     | fsm.ongoing("LOAD"))
         m.d.comb += self.busy.eq(working)
         with m.If(working):
