@@ -107,12 +107,13 @@ def demo_config() -> Config:
 
 def board_config(board: str) -> Config:
     """ULX3S (ECP5-85F): the full DeiT-Tiny predictor. iCEBreaker (UP5K, 5280 LUTs, 120 kbit
-    EBR): a reduced one (N <= 32, D <= 32, k <= 4: the pipelined, forwarding top-k costs
-    logic cells per entry, and with k_max = 6 the unit no longer places, 4886 of 5280)."""
+    EBR): a reduced one (N <= 32, D <= 32, k <= 3: the pipelined, forwarding top-k costs
+    logic cells per entry; with k_max = 6 the unit no longer placed (4886 of 5280 LCs), nor with
+    k_max = 4 once the LO codes were registered before the Q~/K~ buffers (4920))."""
     if board == "ulx3s":
         return Config()
     if board == "icebreaker":
-        return Config(heads=2, k=4, k_max=4, n_max=32, d_model_max=32, lanes=2, qk_bits=16,
+        return Config(heads=2, k=3, k_max=3, n_max=32, d_model_max=32, lanes=2, qk_bits=16,
                       importance_threshold=12)
     raise ValueError(f"unknown board {board!r} (known: ulx3s, icebreaker)")
 
