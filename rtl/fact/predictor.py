@@ -126,18 +126,23 @@ class FACTPredictor(wiring.Component):
 
         # --- buffers --------------------------------------------------------------------------
         # The engines' operand buffers answer in BankedMemory.LATENCY = 2 cycles: each block RAM
-        # output is registered beside its block before the depth multiplexer (see banked.py).
-        m.submodules.x_mem = x_mem = BankedMemory(P * w8, self.n_max * rw_max, granularity=w8)
-        m.submodules.wq_mem = wq_mem = BankedMemory(P * w8, self.d_model_max * rw_max, granularity=w8)
-        m.submodules.wk_mem = wk_mem = BankedMemory(P * w8, self.d_model_max * rw_max, granularity=w8)
+        # output is registered beside its block before the depth multiplexer (see banked.py); on
+        # the ECP5 that register is the block's own (their writes come from registers, or one
+        # adder after them, so nothing long reaches the blocks' write pins).
+        outreg = dict(ecp5_output_register=True)
+        m.submodules.x_mem = x_mem = BankedMemory(P * w8, self.n_max * rw_max, granularity=w8, **outreg)
+        m.submodules.wq_mem = wq_mem = BankedMemory(P * w8, self.d_model_max * rw_max, granularity=w8,
+                                                     **outreg)
+        m.submodules.wk_mem = wk_mem = BankedMemory(P * w8, self.d_model_max * rw_max, granularity=w8,
+                                                     **outreg)
         m.submodules.bq_mem = bq_mem = Memory(shape=signed(32), depth=self.d_model_max, init=[])
         m.submodules.bk_mem = bk_mem = Memory(shape=signed(32), depth=self.d_model_max, init=[])
-        m.submodules.k_mem = k_mem = BankedMemory(P * ww, self.n_max * hw_max, granularity=ww)
-        m.submodules.q_mem = q_mem = BankedMemory(P * ww, self.n_max * hw_max, granularity=ww)
+        m.submodules.k_mem = k_mem = BankedMemory(P * ww, self.n_max * hw_max, granularity=ww, **outreg)
+        m.submodules.q_mem = q_mem = BankedMemory(P * ww, self.n_max * hw_max, granularity=ww, **outreg)
         count_width = (H * self.n_max).bit_length()
         # a BankedMemory for its registered output: the block RAM output ran 5.5 ns across the
         # die to the update register (the ULX3S critical path at 83.6 MHz)
-        m.submodules.imp_mem = imp_mem = BankedMemory(count_width, self.n_max)
+        m.submodules.imp_mem = imp_mem = BankedMemory(count_width, self.n_max, **outreg)
 
         x_wr, x_rd = x_mem.write, x_mem.read
         wq_wr, wq_rd = wq_mem.write, wq_mem.read
