@@ -245,9 +245,9 @@ def main(argv=None):
         sets = {}
     else:
         sets = {"structured synthetic (N=197, D=192, 3 heads)": structured_cases()}
-    if args.torch_python and not args.keep_accuracy:
-        sets["all-MiniLM-L6-v2 activations (6 layers x 2 texts, D=384, 12 heads)"] = \
-            minilm_cases(args.torch_python)
+        if args.torch_python:
+            sets["all-MiniLM-L6-v2 activations (6 layers x 2 texts, D=384, 12 heads)"] = \
+                minilm_cases(args.torch_python)
     for name, cases in sets.items():
         rows = evaluate(cases)
         report["accuracy"][name] = {"cases": len(cases), "rows": rows, "cheapest_90": cheapest(rows),

@@ -19,9 +19,13 @@ def test_reads_follow_writes_across_banks(depth, bank_depth, granularity, stall)
     assert dut.banks == -(-depth // min(bank_depth, 1 << (depth - 1).bit_length()))
 
 
-class ModelledECP5:
-    """What BankedMemory reads of an ECP5 platform, with the DP16KD simulation model."""
+class ECP5:
+    """What BankedMemory reads of an ECP5 platform."""
     family = "ecp5"
+
+
+class ModelledECP5(ECP5):
+    """... with the DP16KD simulation model in place of the primitive."""
     dp16kd_model = True
 
 
@@ -110,10 +114,6 @@ def run_random_traffic(top, addresses, stall, dut=None, ops=300):
 def test_bad_parameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BankedMemory(**kwargs)
-
-
-class ECP5:
-    family = "ecp5"
 
 
 @pytest.mark.parametrize("outreg", [True, False])
