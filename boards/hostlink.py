@@ -347,16 +347,21 @@ class HostLink(wiring.Component):
                      rx_framing_error.eq(urx.framing_error), rx_idle.eq(urx.idle)]
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx),
                      fifo.w_data.eq(rx_data), fifo.w_en.eq(rx_strobe)]
-        # The parser reads the FIFO through a skid buffer, so the FIFO's read enable is a
-        # flip-flop: the state machine's read decision (`rx_take`, which hangs off its state and
-        # counters) drove the FIFO's read pointers directly, placed halfway to the RX pin
-        # (FACT's 84.5 MHz ULX3S critical path). Two more bytes of buffering, no latency that
-        # matters to a UART.
-        m.submodules.rx_skid = rx_skid = SkidBuffer(unsigned(8))
+        # The parser reads one byte register that the FIFO fills whenever it is empty, so
+        # every enable on the FIFO side is a flip-flop and the parser's read decision (`rx_take`,
+        # which hangs off its state and counters) drives nothing but `have`'s own D input.
+        # Driving the FIFO's read pointers (FACT's 84.5 MHz ULX3S critical path), and later a
+        # skid buffer's enables (ViTCoD's 71.6 MHz one: 12 of 14 ns routing across the
+        # link), from that decision were both long routes. The price is a byte per two cycles
+        # at most; a UART byte takes at least 20.
+        byte, have = Signal(8), Signal()
         rx_take = Signal()
-        m.d.comb += [rx_skid.i.payload.eq(fifo.r_data), rx_skid.i.valid.eq(fifo.r_rdy),
-                     fifo.r_en.eq(rx_skid.i.ready), rx_skid.o.ready.eq(rx_take)]
-        byte, have = rx_skid.o.payload, rx_skid.o.valid
+        m.d.comb += fifo.r_en.eq(~have)
+        with m.If(~have):
+            m.d.sync += [byte.eq(fifo.r_data), have.eq(fifo.r_rdy)]
+        with m.Elif(rx_take):
+            m.d.sync += have.eq(0)
+        rx_empty = ~have & ~fifo.r_rdy      # nothing received is waiting anywhere
 
         flags = Signal(8)
         set_timeout_flag = Signal()
@@ -459,6 +464,15 @@ class HostLink(wiring.Component):
                 m.d.sync += hvalid.eq(0)
             holds.append(hold)
             hold_valid.append(hvalid)
+        # The WRITE's port as a one-hot register, and whether its holding register was free
+        # a cycle ago: moving a staged beat then waits on two flip-flops, not on the port
+        # index's decode over every holding register (FACT's ULX3S critical path, port index
+        # -> move counter, was 8.8 of 11.4 ns routing). The late view is safe: only the link
+        # fills a holding register, and a move empties the staging register, so the next move
+        # is decided a cycle later at the earliest, when `hold_free` already sees the fill.
+        write_sel = Signal(max(1, len(in_names)))
+        hold_free = Signal()
+        m.d.sync += hold_free.eq((write_sel & ~Cat(*hold_valid)).any() if in_names else 0)
 
         # What a response carries, chosen by a small register: the states only pick a source
         # and RESPOND loads the response register one cycle later. Loading it straight from
@@ -512,7 +526,8 @@ class HostLink(wiring.Component):
                             with m.Switch(port_idx):
                                 for i, name in enumerate(in_names):
                                     with m.Case(i):
-                                        m.d.sync += last_byte.eq(beat_bytes(ins[name]) - 1)
+                                        m.d.sync += [last_byte.eq(beat_bytes(ins[name]) - 1),
+                                                     write_sel.eq(1 << i)]
                             m.d.sync += [stage_left.eq(n), move_left.eq(n)]
                             m.next = "W_COLLECT"
                     with m.Case(Op.READ):
@@ -557,15 +572,10 @@ class HostLink(wiring.Component):
                 # previous one; a beat that cannot move within `timeout` cycles ends the write
                 # (the rest of the payload is dropped, the host resends it).
                 with m.If(stage_full):
-                    moved = Signal()
-                    with m.Switch(port_idx):
+                    with m.If(hold_free):
                         for i, name in enumerate(in_names):
-                            with m.Case(i):
-                                with m.If(~hold_valid[i]):
-                                    m.d.comb += moved.eq(1)
-                                    m.d.sync += [holds[i].eq(stage[:ins[name]]),
-                                                 hold_valid[i].eq(1)]
-                    with m.If(moved):
+                            with m.If(write_sel[i]):
+                                m.d.sync += [holds[i].eq(stage[:ins[name]]), hold_valid[i].eq(1)]
                         m.d.sync += [stage_full.eq(0), timer.eq(0), done.eq(done + 1),
                                      move_left.eq(move_left - 1)]
                         with m.If(move_left == 1):
@@ -577,8 +587,8 @@ class HostLink(wiring.Component):
                         m.next = "W_DISCARD"
                     with m.Else():
                         m.d.sync += timer.eq(timer + 1)
-                # Counters compared with constants, not sums with `n`: this gate feeds the FIFO
-                # read enable, a timing-critical path on the iCE40.
+                # Counters compared with constants, not sums with `n`: this gate decides `rx_take`,
+                # on a timing-critical path on the iCE40.
                 with m.Elif(stage_left != 0):
                     m.d.comb += rx_take.eq(1)
                     with m.If(have):
@@ -681,7 +691,7 @@ class HostLink(wiring.Component):
                         m.next = "HUNT"
             with m.State("DROP"):
                 m.d.comb += rx_take.eq(1)
-                with m.If(~have & rx_idle):
+                with m.If(rx_empty & rx_idle):
                     respond("error", 2)
 
             m.d.comb += link_active.eq(~fsm.ongoing("HUNT"))

@@ -640,9 +640,13 @@ class VitCoDCore(wiring.Component):
                                                        Signal())
         s1_dchunk = Signal(range(FM + 1))
         s1_dfirst = Signal()
-        s1_pbank = Signal(range(L))
-        # phase 2, per sparse line: pair valid, entry offset, row B, chunk
-        s1_sv, s1_so, s1_sb = Signal(L), Signal(L), Signal(L)
+        # phase 2, per sparse line: pair valid, row B, chunk
+        s1_sv, s1_sb = Signal(L), Signal(L)
+        # the score bank each sparse line reads, (r_pbank + entry offset) mod L, decided here
+        # so that stage 1 is only a multiplexer behind the block RAMs: with the sum and its
+        # wrap-around in stage 1, the dense score read -> line mux -> l*_s2a_t was four LUT
+        # levels behind a 5.8 ns block RAM output (13.9 ns, a 71.9 MHz ULX3S critical path)
+        s1_bank = [Signal(range(L), name=f"l{ln}_s1_bank") for ln in range(L)]
         s1_schunk = [Signal(range(FM), name=f"l{ln}_s1_schunk") for ln in range(L)]
 
         m.d.sync += [s1_drow.eq(d_row), s1_dword.eq(d_word)]
@@ -662,12 +666,14 @@ class VitCoDCore(wiring.Component):
                     st1[ln]["v"].eq(0),
                     s1_dactive[ln].eq(r_gbase + ln < g),
                 ]
-            m.d.sync += [s1_sv[ln].eq(sp_v[ln] & phase2), s1_so[ln].eq(sp_o[ln]),
-                         s1_sb[ln].eq(sp_b[ln]), s1_schunk[ln].eq(sp_chunk[ln])]
+            pbank_next = Mux(r_pbank == L - 1, 0, r_pbank + 1)
+            m.d.sync += [s1_sv[ln].eq(sp_v[ln] & phase2),
+                         s1_sb[ln].eq(sp_b[ln]), s1_schunk[ln].eq(sp_chunk[ln]),
+                         s1_bank[ln].eq(Mux(sp_o[ln], pbank_next, r_pbank))]
         m.d.sync += [s1_d.eq(o2_d & phase2), s1_dlast.eq(o2_dlast & phase2),
                      s1_dbank.eq(r_drow[0]), s1_send.eq(o2_send & phase2),
                      s1_sbank.eq(r_srow[0]), s1_dchunk.eq(r_dchunk),
-                     s1_dfirst.eq(r_dchunk == 0), s1_pbank.eq(r_pbank)]
+                     s1_dfirst.eq(r_dchunk == 0)]
         # row maxima for phase 2 (read in the issue cycle, selected per line in stage 1): the
         # dense row, and the Sparser engine's rows A and B; m = max of both engines' maxima
         # (formed in stage 2a)
@@ -715,10 +721,8 @@ class VitCoDCore(wiring.Component):
                          k_addr.eq(qkv_addr(col1, st1[ln]["chunk"]))]
             m.d.comb += [q_rd[ln].addr.eq(q_addr), k_rd[ln].addr.eq(k_addr)]
             # phase 2: dense lanes from the dense score word, sparse lanes from the banks
-            bank_sel = Signal(range(2 * L + 1), name=f"l{ln}_bank")
-            m.d.comb += bank_sel.eq(s1_pbank + s1_so[ln])
             bank_lane = Signal(bank_layout, name=f"l{ln}_bank_lane")
-            with m.Switch(Mux(bank_sel >= L, bank_sel - L, bank_sel)):
+            with m.Switch(s1_bank[ln]):
                 for b in range(L):
                     with m.Case(b):
                         m.d.comb += bank_lane.eq(bank_rd[b].data)
