@@ -36,7 +36,7 @@ CASES = [
     (2, 4, 9, 16, 4, 0, True),      # 4 lanes, structured data
     (4, 1, 5, 4, 2, 1, True),       # 1 lane (no adder tree), head size 1
     (2, 2, 8, 8, 4, 2, False),      # 2 mantissa bits
-    (2, 4, 9, 8, 5, 0, False),      # one-word keys (d == lanes): a score per cycle into the top-k
+    (2, 4, 9, 8, 5, 0, False),      # one-word keys (d == lanes): padded to the top-k's interval
 ]
 
 
@@ -59,12 +59,12 @@ def _tie_heavy_scores(rng, size, width):
 
 
 @pytest.mark.parametrize("k_max,score_width", [(5, 8), (5, 24), (40, 24)])
-@pytest.mark.parametrize("gap_rate", [0.0, 0.4], ids=["back-to-back", "random-gaps"])
-def test_topk_sorter_streams_one_score_per_cycle(gap_rate, k_max, score_width):
-    """Scores from a narrow range (many ties) inserted every cycle or with random gaps: after
-    each row the array is the stable descending sort's first k_max (lower index wins a tie),
-    which needs the compare to see the element still being written (forwarding). k_max = 40
-    splits the comparators over four copies of the element's score."""
+@pytest.mark.parametrize("gap_rate", [0.0, 0.4], ids=["full-rate", "random-gaps"])
+def test_topk_sorter_streams_one_score_per_interval(gap_rate, k_max, score_width):
+    """Scores from a narrow range (many ties) inserted every INTERVAL cycles or with random
+    extra gaps: after each row the array is the stable descending sort's first k_max (lower
+    index wins a tie). k_max = 40 splits the comparators over four copies of the element's
+    score."""
     rng = np.random.default_rng(11)
     dut = TopKSorter(k_max, score_width=score_width, index_width=7)
     rows = [_tie_heavy_scores(rng, int(rng.integers(1, k_max + 35)), score_width)
@@ -84,6 +84,7 @@ def test_topk_sorter_streams_one_score_per_cycle(gap_rate, k_max, score_width):
                 ctx.set(dut.in_index, index)
                 await ctx.tick()
                 ctx.set(dut.insert, 0)
+                await ctx.tick().repeat(TopKSorter.INTERVAL - 1)
             while ctx.get(dut.busy):
                 await ctx.tick()
             order = sorted(range(len(row)), key=lambda i: (-row[i], i))[:k_max]

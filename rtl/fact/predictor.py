@@ -335,7 +335,9 @@ class FACTPredictor(wiring.Component):
         row = Signal(range(self.n_max))
         row_qbase = Signal.like(kbase)             # Q~ word of the current row
         key = Signal(range(self.n_max))
-        st = Signal(range(hw_max))                 # word within the head for scores
+        st = Signal(range(max(hw_max, TopKSorter.INTERVAL)))   # cycle within a key's scoring
+        # a key's cycles - 1: its words, padded to the interval the top-k sorter needs
+        st_last = Signal.like(st)
         rank = Signal(range(self.k_max))
         onehot = Signal()
         gap = Signal(unsigned(self.score_width))      # best - second best >= 0
@@ -417,6 +419,8 @@ class FACTPredictor(wiring.Component):
                         n_reg.eq(cmd.n), n_last.eq(cmd.n - 1), rw_reg.eq(cmd.row_words),
                         rw_last.eq(cmd.row_words - 1), hw_reg.eq(cmd.head_words),
                         hw_last.eq(cmd.head_words - 1), k_last.eq(cmd.k - 1),
+                        st_last.eq(Mux(cmd.head_words < TopKSorter.INTERVAL,
+                                       TopKSorter.INTERVAL - 1, cmd.head_words - 1)),
                         t_int.eq(cmd.t_int), imp_thr.eq(cmd.importance_threshold),
                         d_last.eq((cmd.row_words << lg_p) - 1),
                         *x_reset, *wq_reset, *wk_reset,
@@ -473,12 +477,15 @@ class FACTPredictor(wiring.Component):
                 m.next = "SCORE"
 
             with m.State("SCORE"):
-                # one word per cycle; the top-k sorter takes a score every cycle, so one-word
-                # keys (d == lanes) stream back to back
-                m.d.comb += s_iss_valid.eq(1)
-                # the next key's K~ word follows this one's last: k_addr + 1 either way
-                m.d.sync += [st.eq(st + 1), q_addr.eq(q_addr + 1), k_addr.eq(k_addr + 1)]
-                with m.If(st == hw_last):
+                # one word per cycle; a key takes at least the top-k sorter's interval, so
+                # one-word keys (d == lanes) idle a cycle after their word
+                issuing = Signal()
+                m.d.comb += [issuing.eq(st <= hw_last), s_iss_valid.eq(issuing)]
+                m.d.sync += st.eq(st + 1)
+                with m.If(issuing):
+                    # the next key's K~ word follows this one's last: k_addr + 1 either way
+                    m.d.sync += [q_addr.eq(q_addr + 1), k_addr.eq(k_addr + 1)]
+                with m.If(st == st_last):
                     m.d.sync += [st.eq(0), key.eq(key + 1),
                                  q_addr.eq(row_qbase)]
                     with m.If(key == n_last):

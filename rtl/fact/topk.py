@@ -1,4 +1,4 @@
-"""Streaming top-k: a sorted register array that takes one (score, index) per cycle.
+"""Streaming top-k: a sorted register array that takes one (score, index) every other cycle.
 
 ``k_max`` entries, kept sorted by descending score. An insert compares the new score with every
 entry at once (``k_max`` comparators, no loop-carried chain): ``stay[e] = valid[e] & score[e] >=
@@ -11,24 +11,23 @@ Pipeline: the element is registered on ``insert`` (a private copy of the score, 
 output register does not fan out to ``k_max`` comparators), compared in the next cycle (``stay``
 registered), and written in the cycle after. Done in one cycle, the ~50-bit compare, the
 prefix decode and the enables of every entry's flip-flops were the FACT unit's ULX3S critical
-path (13.6 ns). An element compared while the previous one is being written must see the array
-as that write leaves it: each entry then holds its own value (it stays), the written element,
-or its upper neighbour's value (shifted down), all known from the previous ``stay``, so the
-compare forwards: ``k_max + 1`` comparators (the entries and the element being written) and a
-three-way choice per entry. The choice is an AND-OR over one-hot selects that depend on flip-flops
-only (the previous ``stay`` and the write's valid), so they settle while the carry chains run,
-and the element's score is held in several copies, each feeding a group of comparators: one
-register driving every comparator was a 3 ns route and a nested multiplexer after the chains
-five LUT levels (11.7 ns, the 85.6 MHz ULX3S critical path). Each comparator is split into
-halves whose carry chains run in parallel (see ``_at_least``). ``busy`` is high while an element
-is in flight.
+path (13.6 ns). Elements arrive at most every :attr:`INTERVAL` = 2 cycles, so an element is
+compared after the previous one has been written. Accepting one per cycle needed a forwarding
+compare (each entry as the write in flight leaves it: a three-way choice behind the
+comparators, plus one comparator against the element being written), and that choice behind
+the carry chains stayed the critical path at 11.2 ns (87.4 MHz on the ULX3S) however it was
+arranged; the predictor's keys take ``d / lanes`` >= 2 cycles each in every useful
+configuration, and it pads one-word keys to two cycles. The element's score is held in several
+copies, each feeding a group of comparators (one register driving every comparator was a 3 ns
+route), and each comparator is split into halves whose carry chains run in parallel (see
+``_at_least``). ``busy`` is high while an element is in flight.
 
 The run-time ``k`` (<= ``k_max``) is applied by the reader, who takes entries ``0 .. k-1``; the
 unit always keeps ``k_max`` so the one-hot rule can compare entries 0 and 1 even for ``k = 1``.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -37,11 +36,14 @@ __all__ = ["TopKSorter"]
 
 class TopKSorter(wiring.Component):
     """Ports: ``clear`` (empties the array, drops an element in flight), ``insert`` /
-    ``in_score`` / ``in_index`` (one element per cycle at most), ``busy``
+    ``in_score`` / ``in_index`` (one element every :attr:`INTERVAL` cycles at most), ``busy``
     and the sorted ``score``, ``index``, ``valid`` arrays (registered)."""
 
     #: Cycles from ``insert`` until the element is in the arrays (``busy`` meanwhile).
     LATENCY = 3
+    #: Fewest cycles from one ``insert`` to the next: an element is compared with the array
+    #: after the previous element's write.
+    INTERVAL = 2
     #: Comparators fed by one copy of the element's score, as far as four copies go (see the
     #: module doc).
     COMPARATORS_PER_COPY = 11
@@ -83,13 +85,12 @@ class TopKSorter(wiring.Component):
         m.d.sync += [new_valid.eq(self.insert & ~self.clear)]
         with m.If(self.insert):
             m.d.sync += new_index.eq(self.in_index)
-        # Copies of the score, comparator e reading copy e // COMPARATORS_PER_COPY (the element
-        # being written reads the last). Only `new_valid` says whether the score matters, so a
+        # Copies of the score, comparator e reading copy e // COMPARATORS_PER_COPY. Only `new_valid` says whether the score matters, so a
         # copy may load on any superset of `insert`: each copy gets a different enable, since
         # yosys merges flip-flops with identical inputs into one.
         enables = [self.insert, None, ~self.clear, self.insert | self.clear]
-        copies = min(len(enables), -(-(K + 1) // self.COMPARATORS_PER_COPY))
-        per_copy = -(-(K + 1) // copies)
+        copies = min(len(enables), -(-K // self.COMPARATORS_PER_COPY))
+        per_copy = -(-K // copies)
         new_scores = []
         for c in range(copies):
             copy = Signal.like(self.in_score, name=f"new_score_{c}")
@@ -99,28 +100,18 @@ class TopKSorter(wiring.Component):
                 with m.If(enables[c]):
                     m.d.sync += copy.eq(self.in_score)
             new_scores.append(copy)
-        score_for = [new_scores[e // per_copy] for e in range(K + 1)]
-        # stage 2: which entries stay
+        score_for = [new_scores[e // per_copy] for e in range(K)]
+        # stage 2: which entries stay (the array holds every earlier element by now)
         put_valid = Signal()
         put_score, put_index = Signal.like(self.in_score), Signal.like(self.in_index)
         stay = Signal(K)
-        # what stage 3 does to entry e this cycle (from the previous element's stay)
-        take_new = [~stay[e] if e == 0 else (stay[e - 1] & ~stay[e]) for e in range(K)]
-        # the compare against the array as this cycle's write leaves it (see the module doc)
-        holds = [self.valid[e] & self._at_least(self.score[e], score_for[e]) for e in range(K)]
-        put_holds = self._at_least(put_score, score_for[K])
-        stay_next = []
-        for e in range(K):
-            keeps = ~put_valid | stay[e]                 # entry e is unchanged by the write
-            gets_new = put_valid & take_new[e]           # entry e takes the element written
-            shifts = put_valid & ~stay[e] & ~take_new[e]  # entry e takes entry e - 1
-            choice = (keeps & holds[e]) | (gets_new & put_holds)
-            if e > 0:
-                choice |= shifts & holds[e - 1]
-            stay_next.append(choice)
-        m.d.sync += [put_valid.eq(new_valid & ~self.clear), put_score.eq(score_for[K]),
-                     put_index.eq(new_index), stay.eq(Cat(*stay_next))]
+        m.d.sync += [put_valid.eq(new_valid & ~self.clear), put_score.eq(new_scores[-1]),
+                     put_index.eq(new_index),
+                     stay.eq(Cat(*(self.valid[e] & self._at_least(self.score[e], score_for[e])
+                                   for e in range(K))))]
         m.d.comb += self.busy.eq(new_valid | put_valid)
+        # what stage 3 does to entry e: take the element at the first entry that does not stay
+        take_new = [~stay[e] if e == 0 else (stay[e - 1] & ~stay[e]) for e in range(K)]
         # stage 3: write
         with m.If(self.clear):
             for e in range(K):

@@ -32,6 +32,7 @@ import numpy as np
 from vitaccel.golden import fact as _golden
 from vitaccel.golden.fixedpoint import check_int_array
 from vitaccel.rtl.fact.predictor import FACTPredictor, cmd_layout, importance_layout, select_layout
+from vitaccel.rtl.fact.topk import TopKSorter
 from vitaccel.sim.job import Job, pack_fields, unpack_fields
 
 from ._common import check_int_field, compare, run_job, stall_profile  # noqa: F401 (compare re-exported)
@@ -107,7 +108,7 @@ def demo_config() -> Config:
 
 def board_config(board: str) -> Config:
     """ULX3S (ECP5-85F): the full DeiT-Tiny predictor. iCEBreaker (UP5K, 5280 LUTs, 120 kbit
-    EBR): a reduced one (N <= 32, D <= 32, k <= 3: the pipelined, forwarding top-k costs
+    EBR): a reduced one (N <= 32, D <= 32, k <= 3: the pipelined top-k costs
     logic cells per entry; with k_max = 6 the unit no longer placed (4886 of 5280 LCs), nor with
     k_max = 4 once the LO codes were registered before the Q~/K~ buffers (4920))."""
     if board == "ulx3s":
@@ -210,7 +211,7 @@ def expected_compute_cycles(cfg: Config, n: int, d_model: int) -> int:
     # read (2), codes, shift, negate, tree, accumulate; then the top-k's element and compare stages
     score_drain = 7 + levels + 2
     projections = 1 + n * d * rw + proj_drain                # HEAD, PROJECT, PROJECT_DRAIN
-    score = n * hw
+    score = n * max(hw, TopKSorter.INTERVAL)                 # a key pads to the sorter's interval
     row = 1 + score + score_drain + 2 + cfg.k                # ROW, SCORE, DECIDE x2, SELECT
     # + KEEP per head; IMPORTANCE waits 2 cycles for the last select beat's importance write,
     # then 4 cycles per token
