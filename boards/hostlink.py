@@ -460,6 +460,22 @@ class HostLink(wiring.Component):
             m.d.sync += stage.word_select(byte_idx, 8).eq(byte)
         move_left = Signal(16)       # WRITE beats still to hand to the unit
 
+        # A READ beat is copied into a shift register that sends its low byte: no multiplexer
+        # over the port's bytes (a 25-byte `keep` beat on FACT) in front of the UART's shift
+        # register (FACT's 91.7 MHz ULX3S critical path, byte index -> seven LUT levels). The
+        # copy is taken in every cycle until a beat is seen (`rbuf_hold`, set in R_WAIT) and
+        # shifts once per byte sent (`rbuf_shift`, in R_BYTE): flip-flops, not state decodes.
+        rbuf = Signal(8 * max_out_bytes)
+        rbuf_hold, rbuf_shift = Signal(), Signal()
+        if out_names:
+            with m.If(~rbuf_hold):
+                with m.Switch(port_idx):
+                    for i, name in enumerate(out_names):
+                        with m.Case(i):
+                            m.d.sync += rbuf.eq(Value.cast(out_streams[name].payload))
+            with m.Elif(rbuf_shift & utx.ready):
+                m.d.sync += rbuf.eq(rbuf >> 8)
+
         # one holding register per input stream, so that a unit that joins several inputs
         # sees a beat waiting on each of them
         holds, hold_valid = [], []
@@ -636,6 +652,7 @@ class HostLink(wiring.Component):
             # READ: wait for a beat, send tag + bytes, take it.
             with m.State("R_WAIT"):
                 valid = Signal()
+                # `rbuf` loads the port's payload in this state's every cycle (see `rbuf`)
                 with m.Switch(port_idx):
                     for i, name in enumerate(out_names):
                         with m.Case(i):
@@ -643,7 +660,7 @@ class HostLink(wiring.Component):
                 with m.If(done == 0):
                     respond("end", 1)
                 with m.Elif(valid):
-                    m.d.sync += byte_idx.eq(0)
+                    m.d.sync += [byte_idx.eq(0), rbuf_hold.eq(1)]
                     m.next = "R_TAG"
                 with m.Elif(timer == self.timeout):
                     m.d.comb += set_timeout_flag.eq(1)
@@ -653,20 +670,20 @@ class HostLink(wiring.Component):
             with m.State("R_TAG"):
                 m.d.comb += [tx_data.eq(TAG_BEAT), tx_valid.eq(1)]
                 with m.If(utx.ready):
+                    m.d.sync += rbuf_shift.eq(1)
                     m.next = "R_BYTE"
             with m.State("R_BYTE"):
                 take = Signal()
-                m.d.comb += tx_valid.eq(1)
+                m.d.comb += [tx_data.eq(rbuf[:8]), tx_valid.eq(1)]
                 with m.Switch(port_idx):
                     for i, name in enumerate(out_names):
                         with m.Case(i):
-                            s = out_streams[name]
-                            m.d.comb += [tx_data.eq(Value.cast(s.payload).word_select(byte_idx, 8)),
-                                         s.ready.eq(take)]
+                            m.d.comb += out_streams[name].ready.eq(take)
                 with m.If(utx.ready):
                     with m.If(byte_idx == last_byte):
-                        m.d.comb += take.eq(1)
-                        m.d.sync += [done.eq(done - 1), timer.eq(0)]
+                        m.d.comb += take.eq(1)     # the beat leaves the unit with its last byte
+                        m.d.sync += [done.eq(done - 1), timer.eq(0), rbuf_hold.eq(0),
+                                     rbuf_shift.eq(0)]
                         m.next = "R_WAIT"
                     with m.Else():
                         m.d.sync += byte_idx.eq(byte_idx + 1)
