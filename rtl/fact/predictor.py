@@ -332,6 +332,10 @@ class FACTPredictor(wiring.Component):
         xbase = Signal(range(self.n_max * rw_max + 1))
         kbase = Signal(range(self.n_max * hw_max + 1))
         tok = Signal(range(self.n_max))
+        # PROJECT's loop ends as flip-flops (t == rw_last, out_word == hw_last, tok == n_last),
+        # each set a cycle ahead from its counter's next value: the three register compares
+        # in one cycle before the state register's enable were the 83.7 MHz ULX3S critical path
+        t_end, word_end, tok_end = Signal(), Signal(), Signal()
         row = Signal(range(self.n_max))
         row_qbase = Signal.like(kbase)             # Q~ word of the current row
         key = Signal(range(self.n_max))
@@ -464,7 +468,9 @@ class FACTPredictor(wiring.Component):
                 m.d.sync += [t.eq(0), out_word.eq(0), out_lane.eq(0),
                              col.eq(head_col), xbase.eq(0), kbase.eq(0),
                              x_addr.eq(0), w_addr.eq(head_wbase),
-                             tok.eq(0), row.eq(0), row_qbase.eq(0), keep.eq(0)]
+                             tok.eq(0), row.eq(0), row_qbase.eq(0), keep.eq(0),
+                             t_end.eq(rw_last == 0), word_end.eq(hw_last == 0),
+                             tok_end.eq(n_last == 0)]
                 m.next = "PROJECT"
 
             with m.State("PROJECT"):
@@ -472,20 +478,23 @@ class FACTPredictor(wiring.Component):
                 # each rw words deep.
                 m.d.comb += iss_valid.eq(1)
                 # the next column's W word follows this one's last: w_addr + 1 either way
-                m.d.sync += [t.eq(t + 1), x_addr.eq(x_addr + 1), w_addr.eq(w_addr + 1)]
-                with m.If(t == rw_last):
+                m.d.sync += [t.eq(t + 1), x_addr.eq(x_addr + 1), w_addr.eq(w_addr + 1),
+                             t_end.eq(t + 1 == rw_last)]
+                with m.If(t_end):
                     m.d.sync += [t.eq(0), out_lane.eq(out_lane + 1), col.eq(col + 1),
-                                 x_addr.eq(xbase)]
+                                 x_addr.eq(xbase), t_end.eq(rw_last == 0)]
                     with m.If(out_lane == P - 1):
-                        m.d.sync += [out_lane.eq(0), out_word.eq(out_word + 1)]
-                        with m.If(out_word == hw_last):          # token done: every head column
+                        m.d.sync += [out_lane.eq(0), out_word.eq(out_word + 1),
+                                     word_end.eq(out_word + 1 == hw_last)]
+                        with m.If(word_end):          # token done: every head column
                             # the next token's X row follows this one's last word
                             m.d.sync += [out_word.eq(0), col.eq(head_col),
                                          w_addr.eq(head_wbase), x_addr.eq(x_addr + 1),
                                          xbase.eq(xbase + rw_reg), kbase.eq(kbase + hw_reg),
-                                         tok.eq(tok + 1),
+                                         tok.eq(tok + 1), tok_end.eq(tok + 1 == n_last),
+                                         word_end.eq(hw_last == 0),
                                          next_wbase.eq(w_addr + 1), next_col.eq(col + 1)]
-                            with m.If(tok == n_last):
+                            with m.If(tok_end):
                                 m.next = "PROJECT_DRAIN"
 
             with m.State("PROJECT_DRAIN"):
