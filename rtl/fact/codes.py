@@ -14,7 +14,8 @@ from amaranth.lib import data
 
 from vitaccel.rtl.common.lod import exponent_width, leading_one
 
-__all__ = ["code_layout", "encode", "product_term", "term_width"]
+__all__ = ["code_layout", "encode", "encode_magnitude", "sign_magnitude", "product_term",
+           "term_width"]
 
 
 def _shift_width(value_width: int, mantissa_bits: int) -> int:
@@ -37,16 +38,29 @@ def encode(m: Module, value, mantissa_bits: int, *, name: str):
     Returns a ``data.View`` of :func:`code_layout`. ``-2**(w-1)`` is exact (its magnitude is kept
     in ``w`` unsigned bits).
     """
-    width = len(value)
-    layout = code_layout(width, mantissa_bits)
-    code = Signal(layout, name=name)
-    magnitude = Signal(unsigned(width), name=f"{name}_mag")
+    sign, magnitude = sign_magnitude(m, value, name=name)
+    return encode_magnitude(m, sign, magnitude, mantissa_bits, name=name)
+
+
+def sign_magnitude(m: Module, value, *, name: str):
+    """``(sign, magnitude)`` of the signed ``value``, the magnitude in ``len(value)`` unsigned
+    bits (exact for ``-2**(w-1)``): the negation :func:`encode` starts with, for a caller that
+    registers it before :func:`encode_magnitude`."""
+    magnitude = Signal(unsigned(len(value)), name=f"{name}_mag")
     m.d.comb += magnitude.eq(Mux(value[-1], -value, value))
+    return value[-1], magnitude
+
+
+def encode_magnitude(m: Module, sign, magnitude, mantissa_bits: int, *, name: str):
+    """Combinational LO code of ``(-1)**sign * magnitude`` (``magnitude`` unsigned, its width
+    that of the signed value it came from)."""
+    width = len(magnitude)
+    code = Signal(code_layout(width, mantissa_bits), name=name)
     exponent, zero = leading_one(m, magnitude, name=f"{name}_lod")
     shift = Signal(unsigned(exponent_width(width) + 1), name=f"{name}_shift")
     m.d.comb += shift.eq(Mux(exponent > mantissa_bits, exponent - mantissa_bits, 0))
     m.d.comb += [
-        code.sign.eq(value[-1]),
+        code.sign.eq(sign),
         code.shift.eq(shift),
         code.mant.eq(Mux(zero, 0, (magnitude >> shift)[:mantissa_bits + 1])),
     ]

@@ -42,7 +42,7 @@ from amaranth.lib.wiring import In, Out
 from vitaccel.golden.fact import acc_bits, score_bits
 from vitaccel.rtl.common.banked import BankedMemory
 
-from .codes import code_layout, encode
+from .codes import code_layout, encode, encode_magnitude, sign_magnitude
 from .dot import LODotEngine
 from .topk import TopKSorter
 
@@ -270,19 +270,22 @@ class FACTPredictor(wiring.Component):
         # Both engines run in lock step, so one tag path serves both. Post-processing:
         # r1 (bias read in flight) -> rb (bias registered: a block RAM output is slow on ECP5
         # and fed the bias adder directly, the ULX3S critical path) -> r2 (biased, saturated)
-        # -> r3 (LO code registered) -> written to the buffer. The code's negate, LOD and shift
-        # once fed the block RAM's data pins directly: with a 5.5 ns route to a distant block
-        # that was the 71.8 MHz ULX3S critical path.
+        # -> rm (sign and magnitude registered) -> r3 (LO code registered) -> written to the
+        # buffer. The code's negate, LOD and shift once fed the block RAM's data pins directly:
+        # with a 5.5 ns route to a distant block that was the 71.8 MHz ULX3S critical path; in
+        # one stage from r2 they were 10.9 ns (91.9 MHz), the negation's carry chain included.
         out_tag = Signal(proj_tag)
         m.d.comb += out_tag.eq(proj_q.out_tag)
         m.d.comb += [bq_rd.addr.eq(out_tag.col), bk_rd.addr.eq(out_tag.col)]
         r1_valid, r1_tag, r2_valid, r2_tag = Signal(), Signal(proj_tag), Signal(), Signal(proj_tag)
         rb_valid, rb_tag = Signal(), Signal(proj_tag)
+        rm_valid, rm_tag = Signal(), Signal(proj_tag)
         r3_valid, r3_tag = Signal(), Signal(proj_tag)
         m.d.sync += [r1_valid.eq(proj_q.out_valid), r1_tag.eq(out_tag),
                      rb_valid.eq(r1_valid), rb_tag.eq(r1_tag),
                      r2_valid.eq(rb_valid), r2_tag.eq(rb_tag),
-                     r3_valid.eq(r2_valid), r3_tag.eq(r2_tag)]
+                     rm_valid.eq(r2_valid), rm_tag.eq(r2_tag),
+                     r3_valid.eq(rm_valid), r3_tag.eq(rm_tag)]
         hi, lo = (1 << (self.qk_bits - 1)) - 1, -(1 << (self.qk_bits - 1))
         for name, engine, b_rd, wr in (("q", proj_q, bq_rd, q_wr), ("k", proj_k, bk_rd, k_wr)):
             r1_sum = Signal(signed(self.acc_width), name=f"{name}_r1_sum")
@@ -293,13 +296,18 @@ class FACTPredictor(wiring.Component):
             m.d.comb += biased.eq(rb_sum + rb_bias)
             r2_value = Signal(signed(self.qk_bits), name=f"{name}_r2_value")
             m.d.sync += r2_value.eq(Mux(biased > hi, hi, Mux(biased < lo, lo, biased)))
-            code = encode(m, r2_value, MB, name=f"{name}_code")
+            sign, magnitude = sign_magnitude(m, r2_value, name=f"{name}_code")
+            rm_sign = Signal(name=f"{name}_rm_sign")
+            rm_magnitude = Signal.like(magnitude, name=f"{name}_rm_magnitude")
+            m.d.sync += [rm_sign.eq(sign), rm_magnitude.eq(magnitude)]
+            code = encode_magnitude(m, rm_sign, rm_magnitude, MB, name=f"{name}_code")
             r3_code = Signal.like(code, name=f"{name}_r3_code")
             m.d.sync += r3_code.eq(code)
             m.d.comb += [wr.addr.eq(r3_tag.waddr), wr.data.eq(Cat(*[r3_code.as_value()] * P))]
             with m.If(r3_valid):
                 m.d.comb += wr.en.eq(1 << r3_tag.lane)
-        proj_busy = proj_reading | proj_q.active | r1_valid | rb_valid | r2_valid | r3_valid
+        proj_busy = (proj_reading | proj_q.active | r1_valid | rb_valid | r2_valid | rm_valid
+                     | r3_valid)
 
         # --- score engine: LO(Q~) . LO(K~)^T into the top-k ----------------------------------
         m.submodules.score = score = LODotEngine(P, self.qk_bits, self.qk_bits, MB,

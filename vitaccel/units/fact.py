@@ -206,8 +206,8 @@ def expected_compute_cycles(cfg: Config, n: int, d_model: int) -> int:
     rw, hw = d_model // cfg.lanes, d // cfg.lanes
     levels = max(cfg.lanes - 1, 0).bit_length()
     # read (2: banked buffers), codes, shift, negate, tree, accumulate, bias read, bias register,
-    # saturate, LO code register
-    proj_drain = 11 + levels
+    # saturate, magnitude register, LO code register
+    proj_drain = 12 + levels
     # read (2), codes, shift, negate, tree, accumulate; then the top-k's element and compare stages
     score_drain = 7 + levels + 2
     projections = 1 + n * d * rw + proj_drain                # HEAD, PROJECT, PROJECT_DRAIN
