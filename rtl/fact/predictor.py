@@ -366,15 +366,12 @@ class FACTPredictor(wiring.Component):
         imp_count = Signal(count_width)              # registered importance beat
         imp_high = Signal()
         # importance update pipeline, one beat per select beat: the handshake loads imp_raddr
-        # (UPD: the block RAM reads it), the count reaches the bank register (UPD2), UPD3 adds
-        # inc and UPD4 writes the sum back: the read -> add -> write pins in one cycle was a
-        # 11.2 ns ULX3S critical path, 8.2 of it routing to and from the block. A row's keys are
-        # distinct and rows are far apart, so no update reads a count still in flight. Every beat goes through, inc = 0 for a one-hot row's other keys,
+        # (UPD: the block RAM reads it), the count reaches the bank register (UPD2), and UPD3
+        # writes it back + inc. Every beat goes through, inc = 0 for a one-hot row's other keys,
         # so the pipeline's timing (and the cycle count) does not depend on the data.
         upd_valid, upd_inc = Signal(), Signal()
         upd2_valid, upd2_addr, upd2_inc = Signal(), Signal(range(self.n_max)), Signal()
         upd3_valid, upd3_addr, upd3_inc = Signal(), Signal(range(self.n_max)), Signal()
-        upd4_valid, upd4_addr, upd4_count = Signal(), Signal(range(self.n_max)), Signal(count_width)
         cycles = Signal(32)
         m.d.comb += self.cycles.eq(cycles)
         # The operand buffers' read addresses are registers that step with the loop counters
@@ -399,12 +396,10 @@ class FACTPredictor(wiring.Component):
         m.d.comb += imp_rd.addr.eq(imp_raddr)
         m.d.sync += [upd_valid.eq(0),
                      upd2_valid.eq(upd_valid), upd2_addr.eq(imp_raddr), upd2_inc.eq(upd_inc),
-                     upd3_valid.eq(upd2_valid), upd3_addr.eq(upd2_addr), upd3_inc.eq(upd2_inc),
-                     # imp_rd.data: the count read in UPD (LATENCY 2)
-                     upd4_valid.eq(upd3_valid), upd4_addr.eq(upd3_addr),
-                     upd4_count.eq(imp_rd.data + upd3_inc)]
-        with m.If(upd4_valid):
-            m.d.comb += [imp_wr.addr.eq(upd4_addr), imp_wr.data.eq(upd4_count), imp_wr.en.eq(1)]
+                     upd3_valid.eq(upd2_valid), upd3_addr.eq(upd2_addr), upd3_inc.eq(upd2_inc)]
+        with m.If(upd3_valid):          # imp_rd.data: the count read in UPD (LATENCY 2)
+            m.d.comb += [imp_wr.addr.eq(upd3_addr), imp_wr.data.eq(imp_rd.data + upd3_inc),
+                         imp_wr.en.eq(1)]
         with m.Elif(clearing):                  # never together: clearing ends before any select
             m.d.comb += [imp_wr.addr.eq(clr), imp_wr.data.eq(0), imp_wr.en.eq(1)]
             m.d.sync += clr.eq(clr + 1)
@@ -580,7 +575,7 @@ class FACTPredictor(wiring.Component):
                 # previous SEND); the read that counts is this state's, after the last update.
                 with m.If(imp_next == n_reg):
                     m.next = "IDLE"
-                with m.Elif(~upd_valid & ~upd2_valid & ~upd3_valid & ~upd4_valid):  # all landed
+                with m.Elif(~upd_valid & ~upd2_valid & ~upd3_valid):   # the last update landed
                     m.next = "IMPORTANCE_READ"
 
             with m.State("IMPORTANCE_READ"):

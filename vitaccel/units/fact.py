@@ -213,9 +213,9 @@ def expected_compute_cycles(cfg: Config, n: int, d_model: int) -> int:
     projections = 1 + n * d * rw + proj_drain                # HEAD, PROJECT, PROJECT_DRAIN
     score = n * max(hw, TopKSorter.INTERVAL)                 # a key pads to the sorter's interval
     row = 1 + score + score_drain + 2 + cfg.k                # ROW, SCORE, DECIDE x2, SELECT
-    # + KEEP per head; IMPORTANCE waits 3 cycles for the last select beat's importance write,
+    # + KEEP per head; IMPORTANCE waits 2 cycles for the last select beat's importance write,
     # then 4 cycles per token
-    return cfg.heads * (projections + n * row + 1) + 3 + 4 * n
+    return cfg.heads * (projections + n * row + 1) + 2 + 4 * n
 
 
 def make_job(cfg: Config, x, wq, wk, bq=None, bk=None, stalls=True) -> Job:
