@@ -544,11 +544,6 @@ class VitCoDCore(wiring.Component):
         # next r_c0 / a_left), so it cannot be pipelined; reading the row count, subtracting
         # wide entry positions and comparing them in it was a 19.6 ns path.
         r_srow = Signal(range(NM + 2))
-        # r_srow + 1 (row B: the score memories' second read port) and r_srow + 3 (the row
-        # count prefetch) kept as registers stepping with r_srow: the adder in front of the
-        # rowcnt LUT RAM's read mux tree was the 74.9 MHz ULX3S critical path
-        r_srow_b = Signal(range(NM + 3))
-        r_srow_pf = Signal(range(NM + 5))
         r_c0 = Signal(range(FM))                        # chunk of the first pair
         r_pword = Signal(range(self.bank_depth + 2))    # row-order position of the current
         r_pbank = Signal(range(L))                      # entry: score bank word and bank
@@ -631,7 +626,7 @@ class VitCoDCore(wiring.Component):
         m.d.comb += [dv_rd.addr.eq(d_word), ds_rd.addr.eq(r_dword)]
         for b in range(L):
             m.d.comb += bank_rd[b].addr.eq(r_pword + (b < r_pbank))
-        m.d.comb += cnt_rd.addr.eq(r_srow_pf)              # prefetch: row C after A + 1
+        m.d.comb += cnt_rd.addr.eq(r_srow + 3)             # prefetch: row C after A + 1
 
         # --- stage 1 registers ---
         st1 = [dict(v=Signal(name=f"l{ln}_s1_v"), first=Signal(name=f"l{ln}_s1_first"), last=Signal(name=f"l{ln}_s1_last"),
@@ -685,7 +680,7 @@ class VitCoDCore(wiring.Component):
         md_rd_a, md_rd_b = md_mem.read_port(), md_mem.read_port()
         ms_rd_a, ms_rd_b = ms_mem.read_port(), ms_mem.read_port()
         m.d.comb += [md_rd_a.addr.eq(r_srow), ms_rd_a.addr.eq(r_srow),
-                     md_rd_b.addr.eq(r_srow_b), ms_rd_b.addr.eq(r_srow_b)]
+                     md_rd_b.addr.eq(r_srow + 1), ms_rd_b.addr.eq(r_srow + 1)]
 
         def qkv_addr(row, chunk):
             """Address of word ``chunk`` (< FM) of a Q/K/V row (stride FM): with FM a power of
@@ -1312,7 +1307,6 @@ class VitCoDCore(wiring.Component):
                 with m.If(p1_quiet):
                     m.d.sync += [phase2.eq(1), r_drow.eq(0), r_dword.eq(0), r_gbase.eq(0),
                                  r_dgroup.eq(0), r_dchunk.eq(0), r_srow.eq(0),
-                                 r_srow_b.eq(1), r_srow_pf.eq(3),
                                  r_c0.eq(0), fits.eq(f <= s_win), short.eq(f < s_win),
                                  full_fits.eq(f <= s_win), full_short.eq(f < s_win),
                                  thr_step.eq(f - 2 * s_win), thr_wrap.eq(2 * f - 2 * s_win),
@@ -1360,8 +1354,7 @@ class VitCoDCore(wiring.Component):
                 with m.If(o2_send):
                     # row B becomes row A (its count is a_left from now on: a row ends with
                     # a_left 0 or on its last entry), row C row B; the next count is prefetched
-                    m.d.sync += [r_srow.eq(r_srow + 1), s_more.eq(r_srow_b < n),
-                                 r_srow_b.eq(r_srow_b + 1), r_srow_pf.eq(r_srow_pf + 1),
+                    m.d.sync += [r_srow.eq(r_srow + 1), s_more.eq(r_srow + 1 < n),
                                  a_left.eq(cnt_b), a_many.eq(cnt_b >= 2), a_last.eq(cnt_b == 1),
                                  cnt_b.eq(cnt_c), cnt_c.eq(cnt_rd.data),
                                  b_exists.eq((r_srow + 2 < n) & (cnt_c != 0))]
