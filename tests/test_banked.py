@@ -45,6 +45,8 @@ class OnPlatform(Elaboratable):
     (16, 1100, 512, 16),     # one enable for the word
     (8, 2100, 2048, 8),      # 9-bit mode (2048 words per block), 2 banks
     (6, 5000, 4096, 3),      # 4-bit mode: a granule per block
+    (50, 2364, 512, 50),     # ViTCoD's dense scores (2 lanes x 25 bits): 3 banks of 3 blocks
+    (32, 2048, 2048, 32),    # a ViTCoD score bank: 9-bit mode, one bank of 4 blocks, no mux
 ])
 def test_ecp5_block_ram_wiring_reads_follow_writes(width, depth, bank_depth, granularity, stall):
     """The ECP5 elaboration (DP16KD instances with their output register), simulated pin for pin

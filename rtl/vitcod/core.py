@@ -54,7 +54,7 @@ Phases (one command):
    leave no line idle. A short tail waits (no issue) until row B's bank is free, unless there
    is no row B to pack with (last row, or an empty row next: then the cycle issues fewer
    pairs); an empty row passes in one cycle. A row is handed off once both engines' last ops for
-   it have been added (a done bit per bank and engine, set 8 cycles after the engine's last
+   it have been added (a done bit per bank and engine, set 9 cycles after the engine's last
    issue for the row); the hand-off copies and clears the bank and opens it for row x + 2.
    The cycle model of this schedule is ``spmm_schedule`` in ``tests/test_vitcod_rtl.py``.
    The issue decisions of both engines come from registers only (the Sparser engine keeps
@@ -69,8 +69,10 @@ Phases (one command):
    row, one per cycle).
 
 Line pipeline (per line; phase 1 = SDDMM, phase 2 = SpMM): issue (index, score and row-max
-reads) -> stage 1 (phase 1: Q/K addresses; phase 2: the lane's t and both engines' row maxima
-selected) -> phase 1: stage 1b (Q/K read) | phase 2: stage 2a (``m`` = max of the maxima,
+reads) -> stage 1 (phase 1: Q/K addresses; phase 2: both engines' row maxima selected; the
+score buffers, :class:`~vitaccel.rtl.common.banked.BankedMemory`, answer one cycle later) ->
+phase 1: stage 1b (Q/K read) | phase 2: stage 1r (the lane's t selected from the score
+buffers' registered outputs) and stage 2a (``m`` = max of the maxima,
 ``x = m - t``, exp-LUT address from the fraction and the shift's two low bits, V address) and
 stage 2b (LUT value registered; V read) -> stage 2 (operands: Q and K, or ``e``: the LUT value
 shifted by the rest of ``x >> T_FRAC`` and rounded, and V) -> stage 3 (products) ->
@@ -119,6 +121,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from vitaccel.golden.vitcod import ACC_BITS, E_BITS, EXP_LUT, RECIP_FRAC, T_BITS, T_FRAC
+from vitaccel.rtl.common.banked import BankedMemory
 from vitaccel.rtl.common.divider import Reciprocal
 from vitaccel.rtl.common.requant import SHIFT_WIDTH, Requantizer, split_product
 
@@ -295,19 +298,34 @@ class VitCoDCore(wiring.Component):
                                                           depth=self.dense_depth, init=[])
         dv_wr = dv_mem.write_port()
         dv_rd = dv_mem.read_port()
-        # Scores: dense words of L lanes {t, ok}; sparse banks of {t, col} in row order.
+        # Scores: dense words of L lanes {t, ok}; sparse banks of {t, col} in row order. They
+        # answer in BankedMemory.LATENCY = 2 cycles, on the ECP5 from the block RAMs' own
+        # output registers (0.96 ns clock-to-out): their bare outputs (5.8 ns) into the line's
+        # bank mux and stage 2a were a 74.3 MHz ULX3S critical path. Phase 2 has a stage for
+        # it (stage 1r). Their writes come from registers (the requantisers, the hold
+        # registers' one-of-L mux), so nothing long reaches the blocks' write pins.
         lane_layout = data.StructLayout({"t": signed(T_BITS), "ok": 1})
-        m.submodules.dense_scores = ds_mem = Memory(shape=data.ArrayLayout(lane_layout, L),
-                                                    depth=self.dense_depth, init=[])
-        ds_wr = ds_mem.write_port()
-        ds_rd = ds_mem.read_port()
+        dense_word_layout = data.ArrayLayout(lane_layout, L)
+        m.submodules.dense_scores = ds_mem = BankedMemory(
+            dense_word_layout.size, self.dense_depth, ecp5_output_register=True)
+        ds_wr, ds_rd = ds_mem.write, ds_mem.read
+        ds_wdata = Signal(dense_word_layout)
+        ds_rdata = dense_word_layout(ds_rd.data)
+        m.d.comb += ds_wr.data.eq(ds_wdata)
         bank_layout = data.StructLayout({"t": signed(T_BITS), "col": unsigned(CB)})
-        bank_wr, bank_rd = [], []
+        bank_wr, bank_rd, bank_wdata, bank_rdata = [], [], [], []
         for b in range(L):
-            mem = Memory(shape=bank_layout, depth=self.bank_depth, init=[])
+            # one bank in one block-RAM depth (up to 2048 words: 9-bit blocks): no depth mux
+            mem = BankedMemory(bank_layout.size, self.bank_depth,
+                               bank_depth=max(512, 1 << ceil_log2(self.bank_depth)),
+                               ecp5_output_register=True)
             m.submodules[f"score_bank{b}"] = mem
-            bank_wr.append(mem.write_port())
-            bank_rd.append(mem.read_port())
+            wdata = Signal(bank_layout, name=f"score_bank{b}_wdata")
+            m.d.comb += mem.write.data.eq(wdata)
+            bank_wr.append(mem.write)
+            bank_rd.append(mem.read)
+            bank_wdata.append(wdata)
+            bank_rdata.append(bank_layout(mem.read.data))
         # Row maxima of the scores, per engine, kept by read-modify-write during SDDMM (so the
         # softmax phase needs no extra pass over the scores); cleared while row_cnt loads.
         m.submodules.dense_row_max = md_mem = Memory(shape=signed(T_BITS), depth=NM, init=[])
@@ -544,6 +562,11 @@ class VitCoDCore(wiring.Component):
         # next r_c0 / a_left), so it cannot be pipelined; reading the row count, subtracting
         # wide entry positions and comparing them in it was a 19.6 ns path.
         r_srow = Signal(range(NM + 2))
+        # r_srow + 1 (row B: the score memories' second read port) and r_srow + 3 (the row
+        # count prefetch) kept as registers stepping with r_srow: the adder in front of the
+        # rowcnt LUT RAM's read mux tree was the 74.9 MHz ULX3S critical path
+        r_srow_b = Signal(range(NM + 3))
+        r_srow_pf = Signal(range(NM + 5))
         r_c0 = Signal(range(FM))                        # chunk of the first pair
         r_pword = Signal(range(self.bank_depth + 2))    # row-order position of the current
         r_pbank = Signal(range(L))                      # entry: score bank word and bank
@@ -626,7 +649,7 @@ class VitCoDCore(wiring.Component):
         m.d.comb += [dv_rd.addr.eq(d_word), ds_rd.addr.eq(r_dword)]
         for b in range(L):
             m.d.comb += bank_rd[b].addr.eq(r_pword + (b < r_pbank))
-        m.d.comb += cnt_rd.addr.eq(r_srow + 3)             # prefetch: row C after A + 1
+        m.d.comb += cnt_rd.addr.eq(r_srow_pf)              # prefetch: row C after A + 1
 
         # --- stage 1 registers ---
         st1 = [dict(v=Signal(name=f"l{ln}_s1_v"), first=Signal(name=f"l{ln}_s1_first"), last=Signal(name=f"l{ln}_s1_last"),
@@ -680,7 +703,7 @@ class VitCoDCore(wiring.Component):
         md_rd_a, md_rd_b = md_mem.read_port(), md_mem.read_port()
         ms_rd_a, ms_rd_b = ms_mem.read_port(), ms_mem.read_port()
         m.d.comb += [md_rd_a.addr.eq(r_srow), ms_rd_a.addr.eq(r_srow),
-                     md_rd_b.addr.eq(r_srow + 1), ms_rd_b.addr.eq(r_srow + 1)]
+                     md_rd_b.addr.eq(r_srow_b), ms_rd_b.addr.eq(r_srow_b)]
 
         def qkv_addr(row, chunk):
             """Address of word ``chunk`` (< FM) of a Q/K/V row (stride FM): with FM a power of
@@ -688,6 +711,47 @@ class VitCoDCore(wiring.Component):
             if FM & (FM - 1) == 0:
                 return Cat(chunk[:ceil_log2(FM)], row)
             return row * FM + chunk
+
+        # --- stage 1r (phase 2): the score reads answer a cycle after stage 1 (BankedMemory),
+        # so what stage 1 knows of a phase-2 op waits here one cycle for them ---
+        # phase-2 tags: shared (dense op, engine row ends) and per sparse line (pair valid,
+        # chunk, accumulator bank = row parity: row A is r_srow, row B the next one)
+        tag2_layout = data.StructLayout({"d": 1, "dlast": 1, "dbank": 1, "dfirst": 1,
+                                         "dchunk": len(s1_dchunk), "send": 1, "sbank": 1})
+        line2_layout = data.StructLayout({"v": 1, "chunk": len(s1_schunk[0]), "bank": 1})
+
+        def delayed(value, stages, name):
+            """``value`` through one register per stage name (as a ``tag2_layout``-style view
+            when ``value`` is one)."""
+            for stage in stages:
+                reg = Signal.like(value, name=f"{name}_{stage}")
+                m.d.sync += reg.eq(value)
+                value = reg
+            return value
+
+        s1_tags = Signal(tag2_layout)
+        m.d.comb += s1_tags.eq(Cat(s1_d, s1_dlast, s1_dbank, s1_dfirst, s1_dchunk, s1_send,
+                                   s1_sbank))
+        s1r_tags = delayed(s1_tags, ("s1r",), "tag2")
+        s1r_line, s1r_bank, s1r_dactive, s1r_gcol, s1r_md, s1r_ms = [], [], [], [], [], []
+        for ln in range(L):
+            line = Signal(line2_layout, name=f"l{ln}_tag2_s1")
+            m.d.comb += line.eq(Cat(s1_sv[ln], s1_schunk[ln], s1_sbank ^ s1_sb[ln]))
+            s1r_line.append(delayed(line, ("s1r",), f"l{ln}_tag2"))
+            s1r_bank.append(delayed(s1_bank[ln], ("s1r",), f"l{ln}_bank"))
+            s1r_dactive.append(delayed(s1_dactive[ln], ("s1r",), f"l{ln}_dactive"))
+            # the line's global column and its row maxima (one per engine), read in the issue
+            # cycle like the scores
+            s1r_gcol.append(delayed(glob_rd[ln].data, ("s1r",), f"l{ln}_gcol"))
+            dense_line = is_dense[ln]
+            md = Signal(signed(T_BITS), name=f"l{ln}_s1_md")
+            ms = Signal(signed(T_BITS), name=f"l{ln}_s1_ms")
+            m.d.comb += [md.eq(Mux(dense_line, md_rd.data,
+                                   Mux(s1_sb[ln], md_rd_b.data, md_rd_a.data))),
+                         ms.eq(Mux(dense_line, ms_rd.data,
+                                   Mux(s1_sb[ln], ms_rd_b.data, ms_rd_a.data)))]
+            s1r_md.append(delayed(md, ("s1r",), f"l{ln}_md"))
+            s1r_ms.append(delayed(ms, ("s1r",), f"l{ln}_ms"))
 
         # --- stage 1 (comb): phase 1 Q/K addresses (registered: read in stage 1b; the index
         # read, the row/column mux and the Q/K buffers' address decode in one cycle were a
@@ -720,27 +784,27 @@ class VitCoDCore(wiring.Component):
             m.d.sync += [q_addr.eq(qkv_addr(row1, st1[ln]["chunk"])),
                          k_addr.eq(qkv_addr(col1, st1[ln]["chunk"]))]
             m.d.comb += [q_rd[ln].addr.eq(q_addr), k_rd[ln].addr.eq(k_addr)]
-            # phase 2: dense lanes from the dense score word, sparse lanes from the banks
+            # phase 2 (stage 1r): dense lanes from the dense score word, sparse lanes from the
+            # banks
             bank_lane = Signal(bank_layout, name=f"l{ln}_bank_lane")
-            with m.Switch(s1_bank[ln]):
+            with m.Switch(s1r_bank[ln]):
                 for b in range(L):
                     with m.Case(b):
-                        m.d.comb += bank_lane.eq(bank_rd[b].data)
-            dlane = ds_rd.data[ln]
+                        m.d.comb += bank_lane.eq(bank_rdata[b])
+            dlane = ds_rdata[ln]
             m.d.comb += [
                 line_t[ln].eq(Mux(dense_line, dlane.t, bank_lane.t)),
-                line_ok[ln].eq(Mux(dense_line, dlane.ok & s1_dactive[ln] & s1_d, s1_sv[ln])),
-                line_col[ln].eq(Mux(dense_line, glob_rd[ln].data, bank_lane.col)),
+                line_ok[ln].eq(Mux(dense_line, dlane.ok & s1r_dactive[ln] & s1r_tags.d,
+                                   s1r_line[ln].v)),
+                line_col[ln].eq(Mux(dense_line, s1r_gcol[ln], bank_lane.col)),
             ]
             m.d.sync += [
-                s2a_md[ln].eq(Mux(dense_line, md_rd.data,
-                                  Mux(s1_sb[ln], md_rd_b.data, md_rd_a.data))),
-                s2a_ms[ln].eq(Mux(dense_line, ms_rd.data,
-                                  Mux(s1_sb[ln], ms_rd_b.data, ms_rd_a.data))),
+                s2a_md[ln].eq(s1r_md[ln]),
+                s2a_ms[ln].eq(s1r_ms[ln]),
                 s2a_t[ln].eq(line_t[ln]),
                 s2a_ok[ln].eq(line_ok[ln]),
                 s2a_col[ln].eq(line_col[ln]),
-                s2a_chunk[ln].eq(Mux(dense_line, s1_dchunk, s1_schunk[ln])),
+                s2a_chunk[ln].eq(Mux(dense_line, s1r_tags.dchunk, s1r_line[ln].chunk)),
             ]
 
         # --- stage 2a (phase 2): m, x = m - t -> exp LUT address and shift; V address ---
@@ -802,24 +866,8 @@ class VitCoDCore(wiring.Component):
                 s1b[ln]["row"].eq(Mux(dense_line, s1_drow, ent_rd[ln].data.row)),
             ]
             m.d.sync += [s2[ln][key].eq(s1b[ln][key]) for key in s1b[ln]]
-        # phase-2 tags: shared (dense op, engine row ends) and per sparse line (pair valid,
-        # chunk, accumulator bank = row parity: row A is r_srow, row B the next one)
-        tag2_layout = data.StructLayout({"d": 1, "dlast": 1, "dbank": 1, "dfirst": 1,
-                                         "dchunk": len(s1_dchunk), "send": 1, "sbank": 1})
-        line2_layout = data.StructLayout({"v": 1, "chunk": len(s1_schunk[0]), "bank": 1})
-        # (through stages 2a and 2b: phase 2 has two more stages than phase 1 before stage 3)
-        def delayed(value, shape, name):
-            for stage in ("s2a", "s2b", "s2"):
-                reg = Signal(shape, name=f"{name}_{stage}" if name else stage)
-                m.d.sync += reg.eq(value)
-                value = reg
-            return value
-
-        s2_tags = delayed(Cat(s1_d, s1_dlast, s1_dbank, s1_dfirst, s1_dchunk, s1_send,
-                              s1_sbank), tag2_layout, "tag2")
-        s2_line = [delayed(Cat(s1_sv[ln], s1_schunk[ln], s1_sbank ^ s1_sb[ln]), line2_layout,
-                           f"l{ln}_tag2")
-                   for ln in range(L)]
+        s2_tags = delayed(s1r_tags, ("s2a", "s2b", "s2"), "tag2")
+        s2_line = [delayed(s1r_line[ln], ("s2a", "s2b", "s2"), f"l{ln}_tag2") for ln in range(L)]
 
         # --- stage 2 (comb): phase 2 e = rshift_round(LUT, xi) = (half + 1) >> 1; operand
         # selection for the multipliers (phase 1: Q and K, read in stage 1; phase 2: e and V)
@@ -968,8 +1016,8 @@ class VitCoDCore(wiring.Component):
         m.d.comb += dense_write.eq(requants[0].o.valid & is_dense[0])
         m.d.comb += [ds_wr.addr.eq(dword_out), ds_wr.en.eq(dense_write)]
         for ln in range(L):
-            m.d.comb += [ds_wr.data[ln].t.eq(requants[ln].o.payload[0]),
-                         ds_wr.data[ln].ok.eq(is_dense[ln] & tags_out[ln].ok)]
+            m.d.comb += [ds_wdata[ln].t.eq(requants[ln].o.payload[0]),
+                         ds_wdata[ln].ok.eq(is_dense[ln] & tags_out[ln].ok)]
         # dense row max: max over the dense lanes, then read-modify-write of md[row]; the
         # first level of the max tree (lane pairs) is registered: the whole tree in the
         # requantiser's output cycle was a 14.9 ns path
@@ -1006,8 +1054,8 @@ class VitCoDCore(wiring.Component):
                 with m.Case(ln):
                     m.d.comb += wsel.eq(hold[ln])
         for b in range(L):
-            m.d.comb += [bank_wr[b].addr.eq(wsel.pos.word), bank_wr[b].data.t.eq(wsel.t),
-                         bank_wr[b].data.col.eq(wsel.col),
+            m.d.comb += [bank_wr[b].addr.eq(wsel.pos.word), bank_wdata[b].t.eq(wsel.t),
+                         bank_wdata[b].col.eq(wsel.col),
                          bank_wr[b].en.eq(write_any & (wsel.pos.bank == b)
                                           & (wsel.pos.word < self.bank_depth))]
         for ln in range(L):
@@ -1307,6 +1355,7 @@ class VitCoDCore(wiring.Component):
                 with m.If(p1_quiet):
                     m.d.sync += [phase2.eq(1), r_drow.eq(0), r_dword.eq(0), r_gbase.eq(0),
                                  r_dgroup.eq(0), r_dchunk.eq(0), r_srow.eq(0),
+                                 r_srow_b.eq(1), r_srow_pf.eq(3),
                                  r_c0.eq(0), fits.eq(f <= s_win), short.eq(f < s_win),
                                  full_fits.eq(f <= s_win), full_short.eq(f < s_win),
                                  thr_step.eq(f - 2 * s_win), thr_wrap.eq(2 * f - 2 * s_win),
@@ -1354,7 +1403,8 @@ class VitCoDCore(wiring.Component):
                 with m.If(o2_send):
                     # row B becomes row A (its count is a_left from now on: a row ends with
                     # a_left 0 or on its last entry), row C row B; the next count is prefetched
-                    m.d.sync += [r_srow.eq(r_srow + 1), s_more.eq(r_srow + 1 < n),
+                    m.d.sync += [r_srow.eq(r_srow + 1), s_more.eq(r_srow_b < n),
+                                 r_srow_b.eq(r_srow_b + 1), r_srow_pf.eq(r_srow_pf + 1),
                                  a_left.eq(cnt_b), a_many.eq(cnt_b >= 2), a_last.eq(cnt_b == 1),
                                  cnt_b.eq(cnt_c), cnt_c.eq(cnt_rd.data),
                                  b_exists.eq((r_srow + 2 < n) & (cnt_c != 0))]
