@@ -102,9 +102,9 @@ it idles lines only in the cycle before an empty row and in the very last cycle;
 ``lines_s > chunks`` (small d) it uses only ``chunks`` lines per cycle. Time, not issue
 efficiency: with two accumulator banks the engines can drift apart by one row only, so a row
 much longer for one engine (the CLS row: ~200 sparse entries) stalls the other; more banks
-would recover part of it (cycle model on the 36 DeiT-Tiny heads: SpMM 133.3k cycles with 2
-banks, 129.2k with 4, 118.9k unbounded; 130.6k with 2 banks before phase 2 got its two extra
-stages), at 64 x 32-bit accumulators plus adders per bank.
+would recover part of it (``spmm_schedule``, 36 DeiT-Tiny heads, 8 x 8: SpMM 136.7k cycles with 2
+banks as the RTL, 133.7k with 3, 133.2k with 4, 126.4k unbounded; 133.3k with 2 before stage 1r
+made the done bits 9 cycles, not 8), at 64 x 32-bit accumulators plus adders per bank.
 
 Choices an FPGA engineer would make and the spec leaves open: exact row max (a read pass over
 the stored scores, cheaper than recomputing SDDMM); the row-order permutation precomputed
