@@ -8,7 +8,7 @@ BOARD  ?= ulx3s
 SIM    ?= verilator
 JOBS   ?= 2
 
-.PHONY: demo test test-all verilog sim lint bitstream report bench clean setup
+.PHONY: demo test test-all verilog sim lint bitstream report bench clean setup train
 
 setup: $(STAMP)
 
@@ -53,6 +53,19 @@ report: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/readme.py
+
+## train: retrain the Fashion-MNIST ViT (float, ~75 min on 2 cores) and fine-tune its four unit
+## variants (~10 min each); needs the full data set (apt install dataset-fashion-mnist or DATA=dir)
+DATA ?=
+TRAIN_STAMP := $(VENV)/.train-installed
+$(TRAIN_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,train]"
+	touch $(TRAIN_STAMP)
+
+train: $(TRAIN_STAMP)
+	$(BIN)/python -m vitaccel.train float $(if $(DATA),--data $(DATA))
+	for v in vitality vitcod fact heatvit; do \
+		$(BIN)/python -m vitaccel.train $$v $(if $(DATA),--data $(DATA)) || exit 1; done
 
 clean:
 	rm -rf build sim_build .pytest_cache .hypothesis

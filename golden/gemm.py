@@ -19,4 +19,6 @@ def gemm(a, b) -> np.ndarray:
                          f"inner dimensions (K) differ")
     if a.shape[1] > MAX_K:
         raise ValueError(f"K = {a.shape[1]} would overflow the int32 accumulator (max {MAX_K})")
-    return (a @ b).astype(np.int32)
+    # float64 BLAS is exact here (|every partial sum| <= MAX_K * 2**14 < 2**53) and ~50x faster
+    # than NumPy's integer matmul on the model's whole-test-set runs.
+    return np.rint(a.astype(np.float64) @ b.astype(np.float64)).astype(np.int32)

@@ -74,7 +74,7 @@ from .fixedpoint import (check_int_array, div_round, quantize_multiplier, recipr
 
 __all__ = ["Params", "Weights", "WEIGHT_FIELDS", "random_weights", "from_state_dict",
            "load_weights", "save_weights", "derive", "gelu_q", "sigmoid_q", "layernorm_q",
-           "isqrt", "inv_sqrt", "selector_int", "selector_float", "gelu_float"]
+           "isqrt", "inv_sqrt", "selector_int", "selector_float", "gelu_float", "gelu_constants"]
 
 # Fixed-point formats of the internal signals (fractional bits).
 LN_R = 22          # inverse square root r = 2^LN_R / sqrt(v)
@@ -117,6 +117,11 @@ class Params:
     sigmoid: str
 
 
+def gelu_constants(delta: float = 1.0) -> tuple[int, int]:
+    """``(A, ONE)`` of :func:`gelu_q` for HeatViT's delta1 (1 = plain I-BERT GELU)."""
+    return int(round(delta * GELU_A * 2 ** 14)), int(round(delta * 2 ** 14))
+
+
 def derive(cfg, w: "Weights") -> Params:
     """Integer constants from ``cfg`` (activation scales, eps, delta1) and ``w`` (weight scales)."""
     d = cfg.D // cfg.heads
@@ -131,8 +136,7 @@ def derive(cfg, w: "Weights") -> Params:
     return Params(
         D=cfg.D, heads=cfg.heads, d=d, log2_d=d.bit_length() - 1,
         ln_eps_int=max(1, int(round(d * d * cfg.ln_eps / cfg.x_scale ** 2))),
-        gelu_a=int(round(cfg.gelu_delta * GELU_A * 2 ** 14)),
-        gelu_one=int(round(cfg.gelu_delta * 2 ** 14)),
+        gelu_a=gelu_constants(cfg.gelu_delta)[0], gelu_one=gelu_constants(cfg.gelu_delta)[1],
         rq_gelu1_in=quantize_multiplier(acc1 * 2 ** GELU_X),
         rq_gelu1_out=quantize_multiplier(out_real / cfg.u_scale),
         rq_gelu2_in=quantize_multiplier(acc2 * 2 ** GELU_X),
@@ -351,9 +355,11 @@ def inv_sqrt(v):
     return isqrt(q)
 
 
-def layernorm_q(x, d: int, eps_int: int):
-    """Per-group-of-``d`` integer LayerNorm of int8 ``x`` (..., k*d): returns (y int8 Q4,
-    group sums s, inverse square roots r)."""
+def layernorm_q(x, d: int, eps_int: int, y_frac: int = LN_Y):
+    """Per-group-of-``d`` integer LayerNorm of int8 ``x`` (..., k*d): returns (y int8 with
+    ``y_frac`` fraction bits (Q4, the selector's, by default), group sums s, inverse square roots
+    r). |y| <= sqrt(d - 1), so Q4 never saturates for d <= 64; finer formats saturate the rare
+    outliers (the ViT's block LayerNorms use them: see :mod:`vitaccel.model.quant`)."""
     x = np.asarray(x, dtype=np.int64)
     g = x.reshape(x.shape[:-1] + (x.shape[-1] // d, d))
     s = g.sum(-1)
@@ -361,7 +367,7 @@ def layernorm_q(x, d: int, eps_int: int):
     v = d * q - s * s + eps_int
     r = inv_sqrt(v)
     c = d * g - s[..., None]
-    y = saturate(rshift_round(c * r[..., None], LN_R - LN_Y), 8)
+    y = saturate(rshift_round(c * r[..., None], LN_R - y_frac), 8)
     return y.reshape(x.shape), s, r
 
 

@@ -89,7 +89,7 @@ __all__ = [
     "CompiledMask", "prune_by_information", "compile_mask", "check_csc", "line_split",
     "spec_line_split",
     "score_requant", "out_requant", "exp2_int", "attention_float", "attention_int",
-    "attention_int_compiled", "ae_hidden", "check_ae", "autoencode", "autoencode_float",
+    "attention_int_compiled", "attention_int_batched", "ae_hidden", "check_ae", "autoencode", "autoencode_float",
     "analytical_cycles", "dense_baseline_cycles", "engine_ideal_cycles",
 ]
 
@@ -390,6 +390,32 @@ def attention_int_compiled(q, k, v, cm: CompiledMask, rq_score: Requant, rq_out:
         trace.update(t_dense=t_dense, t_sparse=t_sparse, m=m, e_dense=e_dense, e_sparse=e_sparse,
                      l=l_tot, acc=acc, r=r)
     return np.asarray(out, np.int64)
+
+
+def attention_int_batched(q, k, v, keep, rq_score: Requant, rq_out: Requant) -> np.ndarray:
+    """:func:`attention_int_compiled` on a batch of heads at once, from the kept-matrix.
+
+    ``q``, ``k``, ``v`` (..., N, d) integers, ``keep`` (..., N, N) bool (True = kept, broadcast
+    over the leading axes). The same arithmetic as the two engines (exact row max, EXP_LUT
+    power of two, exact row sums and accumulators, one reciprocal and requantisation per row):
+    splitting a row's entries between the engines changes neither the max nor the exact sums,
+    so the results are identical (pinned by ``tests/test_golden_vitcod.py``). Model-level code
+    (:mod:`vitaccel.model`) uses it to run thousands of images.
+    """
+    q = np.asarray(q, np.int64)
+    k = np.asarray(k, np.int64)
+    v = np.asarray(v, np.int64)
+    keep = np.broadcast_to(np.asarray(keep, bool), q.shape[:-1] + (k.shape[-2],))
+    t_min = -(1 << (T_BITS - 1))
+    # float64 matmuls are exact: |q.k| <= 2**14 d and |e.v| <= 2**22 N stay far below 2**53.
+    s = np.matmul(q.astype(np.float64), np.swapaxes(k, -1, -2).astype(np.float64))
+    t = np.where(keep, requantize(np.rint(s).astype(np.int64), rq_score, T_BITS), t_min)
+    m = t.max(axis=-1, keepdims=True)
+    e = np.where(keep, exp2_int(np.maximum(m - t, 0)), 0)
+    l_tot = e.sum(axis=-1)
+    acc = np.rint(np.matmul(e.astype(np.float64), v.astype(np.float64))).astype(np.int64)
+    r, _ = reciprocal(l_tot, RECIP_FRAC, out_bits=E_BITS + 3)
+    return np.asarray(requantize(acc * np.asarray(r, np.int64)[..., None], rq_out, 8), np.int64)
 
 
 def attention_int(q, k, v, mask, q_scale, k_scale, v_scale, out_scale, theta_d: int):

@@ -1,0 +1,1 @@
+"""The model layer: a real ViT through the units (calibration, integer inference, evaluation, cost)."""

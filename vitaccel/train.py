@@ -1,0 +1,355 @@
+"""Train the Fashion-MNIST ViT and its four unit variants with JAX + optax (the ``train`` extra).
+
+``python -m vitaccel.train float`` trains the DeiT-style model of :mod:`vitaccel.golden.vit` from
+scratch; ``heatvit``, ``vitcod``, ``vitality`` and ``fact`` fine-tune ``float.npz`` with each
+paper's technique in the loop, distilled from the float model:
+
+* ``heatvit``: token selectors (the ``heatvit`` unit's float form) before the blocks in
+  ``ViTConfig.selector_blocks``; keep decisions are Gumbel-sigmoid samples of the unit's decision
+  logit ``sum_i w_i (z0 - z1)``, hard in the forward pass and soft in the backward pass
+  (straight-through); dropped tokens are masked out of attention and merged into a package token
+  (the unit's keep-score-weighted mean), and a keep-ratio loss pulls each stage towards its
+  target (DynamicViT / HeatViT);
+* ``vitcod``: fixed masks from the float model's own attention maps averaged over calibration
+  images (:func:`vitaccel.golden.vitcod.prune_by_information`, ``theta_p`` searched for the target
+  sparsity), then fine-tuned with the masks fixed;
+* ``vitality``: first-order Taylor attention with mean-centred keys in place of softmax;
+* ``fact``: each query row keeps only its ``ViTConfig.topk`` largest scores.
+
+Everything is seeded; ``make train`` regenerates every shipped weight file. JAX runs on the CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import jax
+    import jax.numpy as jnp
+    import optax
+except ImportError as e:  # pragma: no cover - depends on the optional extra
+    raise SystemExit(f"vitaccel.train needs JAX and optax: pip install -e '.[train]' ({e})")
+
+from vitaccel.golden import fmnist
+from vitaccel.golden import vit as V
+
+SELECTOR_LN_EPS = V.SELECTOR_LN_EPS
+
+
+# --- parameters ---------------------------------------------------------------------------------
+
+def init_params(cfg: V.ViTConfig, seed: int, variant: str = "float") -> dict:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in V.param_shapes(cfg, variant).items():
+        leaf = name.rsplit(".", 1)[-1]
+        if name == "mask":
+            continue
+        if leaf == "g":
+            out[name] = np.ones(shape, np.float32)
+        elif leaf in ("b", "b1", "b2", "b3", "b4", "c1", "c2") or name.endswith(".b"):
+            out[name] = np.zeros(shape, np.float32)
+        elif name in ("cls", "pos"):
+            out[name] = (0.02 * rng.standard_normal(shape)).astype(np.float32)
+        elif name.startswith("sel"):      # (out, in) or (h, out, in): PyTorch's uniform init
+            bound = 1.0 / math.sqrt(shape[-1])
+            out[name] = rng.uniform(-bound, bound, shape).astype(np.float32)
+        else:                             # (in, out) linear: truncated-normal-like std 0.02
+            out[name] = np.clip(0.02 * rng.standard_normal(shape), -0.04, 0.04).astype(np.float32)
+    return out
+
+
+# --- the model in JAX (mirrors vitaccel.golden.vit.forward_float) --------------------------------
+
+def _ln(x, g, b, eps):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) * jax.lax.rsqrt(var + eps) * g + b
+
+
+def _gelu(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _attention(q, k, v, mode, mask, topk, alive):
+    """q, k, v (B, h, T, d); alive (B, T) in [0, 1] (hard forward, straight-through)."""
+    d = q.shape[-1]
+    if mode == "taylor":
+        w = alive[:, None, :, None]
+        cnt = w.sum(-2, keepdims=True)
+        kh = (k - (k * w).sum(-2, keepdims=True) / cnt) * w
+        g = jnp.swapaxes(kh, -1, -2) @ (v * w)
+        num = math.sqrt(d) * (v * w).sum(-2, keepdims=True) + q @ g
+        den = cnt * math.sqrt(d) + q @ kh.sum(-2)[..., :, None]
+        return num / den
+    s = q @ jnp.swapaxes(k, -1, -2) / math.sqrt(d)
+    if mode == "mask":
+        s = jnp.where(mask[None], -1e9, s)
+    elif mode == "topk":
+        kth = jax.lax.top_k(jax.lax.stop_gradient(s), topk)[0][..., -1:]
+        s = jnp.where(s < kth, -1e9, s)
+    s = s - jax.lax.stop_gradient(s.max(-1, keepdims=True))
+    p = jnp.exp(s) * alive[:, None, None, :]
+    return (p / (p.sum(-1, keepdims=True) + 1e-9)) @ v
+
+
+def _selector(sp, x, alive, cfg, key, train):
+    """One HeatViT stage: (x, alive, kept fraction of the candidates)."""
+    B, T, D = x.shape
+    h, d = cfg.heads, cfg.head_dim
+    cand = alive.at[:, 0].set(0.0)                      # CLS is never a candidate
+    pkg_slot = jnp.zeros((T,)).at[T - 1].set(1.0)
+    xh = x.reshape(B, T, h, d)
+    mu = xh.mean(-1)
+    var = ((xh - mu[..., None]) ** 2).mean(-1)
+    ln = (xh - mu[..., None]) * jax.lax.rsqrt(var[..., None] + SELECTOR_LN_EPS) * sp["ln.g"] + sp["ln.b"]
+    u = _gelu(jnp.einsum("bthi,hoi->btho", ln, sp["w1"]) + sp["b1"])
+    half = d // 2
+    g = (u[..., half:] * cand[..., None, None]).sum(1) / cand.sum(1)[:, None, None]   # (B, h, d/2)
+    cat = jnp.concatenate([u[..., :half], jnp.broadcast_to(g[:, None], (B, T, h, half))], -1)
+    a2 = _gelu(jnp.einsum("bthi,hoi->btho", cat, sp["w2"]) + sp["b2"])
+    a3 = _gelu(jnp.einsum("bthi,hoi->btho", a2, sp["w3"]) + sp["b3"])
+    z = jnp.einsum("bthi,hoi->btho", a3, sp["w4"]) + sp["b4"]
+    dz = z[..., 0] - z[..., 1]                                               # (B, T, h)
+    hw = jax.nn.sigmoid(_gelu(mu @ sp["v1"].T + sp["c1"]) @ sp["v2"].T + sp["c2"])
+    logit = (hw * dz).sum(-1)
+    pi = (hw * jax.nn.sigmoid(dz)).sum(-1) / hw.sum(-1)
+    if train:
+        u01 = jax.random.uniform(key, logit.shape, minval=1e-6, maxval=1 - 1e-6)
+        soft = jax.nn.sigmoid(logit + jnp.log(u01) - jnp.log1p(-u01))
+    else:
+        soft = jax.nn.sigmoid(logit)
+    hard = (soft > 0.5).astype(x.dtype)
+    keep = (hard + soft - jax.lax.stop_gradient(soft)) * cand * (1.0 - pkg_slot)
+    dropped = cand - keep                                # candidates not kept (incl. a package)
+    wgt = dropped * pi
+    den = wgt.sum(1)
+    pkg = (wgt[..., None] * x).sum(1) / jnp.maximum(den, 1e-9)[:, None]
+    any_dropped = (jax.lax.stop_gradient(dropped).sum(1) > 0.5).astype(x.dtype)
+    x = x.at[:, T - 1].set(pkg)
+    alive = keep.at[:, 0].set(1.0).at[:, T - 1].set(any_dropped)
+    n_cand = jax.lax.stop_gradient((cand * (1.0 - pkg_slot)).sum(1))
+    kept_frac = (keep.sum(1)) / jnp.maximum(n_cand, 1.0)
+    return x, alive, kept_frac
+
+
+def forward(params, images, cfg: V.ViTConfig, mode: str = "softmax", selectors: bool = False,
+            key=None, train: bool = False, want_attention: bool = False):
+    """Logits (B, classes) and aux (kept fractions per selector stage, attention maps)."""
+    B = images.shape[0]
+    P = cfg.patch
+    x = images.reshape(B, cfg.grid, P, cfg.grid, P).transpose(0, 1, 3, 2, 4).reshape(B, cfg.patches, P * P)
+    x = x @ params["patch.w"] + params["patch.b"]
+    x = jnp.concatenate([jnp.broadcast_to(params["cls"], (B, 1, cfg.dim)), x], 1) + params["pos"]
+    T = cfg.tokens
+    alive = jnp.ones((B, T), x.dtype)
+    if selectors:
+        x = jnp.concatenate([x, jnp.zeros((B, 1, cfg.dim), x.dtype)], 1)
+        alive = jnp.concatenate([alive, jnp.zeros((B, 1), x.dtype)], 1)
+        T += 1
+    h, dh = cfg.heads, cfg.head_dim
+    kept, maps = [], []
+    stage = 0
+    for i in range(cfg.depth):
+        if selectors and i in cfg.selector_blocks:
+            sp = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(f"sel{stage}.")}
+            key, sub = jax.random.split(key) if key is not None else (None, None)
+            x, alive, frac = _selector(sp, x, alive, cfg, sub, train)
+            kept.append(frac)
+            stage += 1
+        p = f"blocks.{i}."
+        a = _ln(x, params[p + "ln1.g"], params[p + "ln1.b"], cfg.ln_eps)
+        qkv = (a @ params[p + "qkv.w"] + params[p + "qkv.b"]).reshape(B, T, 3, h, dh)
+        q, k, v = (qkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3))
+        if want_attention:
+            s = q @ jnp.swapaxes(k, -1, -2) / math.sqrt(dh)
+            maps.append(jax.nn.softmax(s, -1))
+        o = _attention(q, k, v, mode, params["mask"][i] if mode == "mask" else None, cfg.topk, alive)
+        x = x + o.transpose(0, 2, 1, 3).reshape(B, T, cfg.dim) @ params[p + "proj.w"] + params[p + "proj.b"]
+        a = _ln(x, params[p + "ln2.g"], params[p + "ln2.b"], cfg.ln_eps)
+        x = x + _gelu(a @ params[p + "fc1.w"] + params[p + "fc1.b"]) @ params[p + "fc2.w"] + params[p + "fc2.b"]
+    a = _ln(x[:, 0], params["ln.g"], params["ln.b"], cfg.ln_eps)
+    return a @ params["head.w"] + params["head.b"], {"kept": kept, "attention": maps}
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def _augment(rng, imgs):
+    """Random 2-pixel shift (zero-padded crop) and horizontal flip, on float images."""
+    B = len(imgs)
+    pad = np.pad(imgs, ((0, 0), (2, 2), (2, 2)), constant_values=-1.0)
+    dy, dx = rng.integers(0, 5, B), rng.integers(0, 5, B)
+    rows = dy[:, None] + np.arange(28)[None]
+    cols = dx[:, None] + np.arange(28)[None]
+    out = pad[np.arange(B)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    flip = rng.random(B) < 0.5
+    out[flip] = out[flip, :, ::-1]
+    return out
+
+
+MODES = V.MODES
+
+
+def evaluate(params, cfg, variant, images, labels, batch=1000):
+    mode, sel = MODES[variant]
+    fwd = jax.jit(lambda p, x: forward(p, x, cfg, mode, sel)[0])
+    x = V.images_to_input(images).astype(np.float32)
+    correct = 0
+    kept = []
+    for i in range(0, len(x), batch):
+        logits = np.asarray(fwd(params, x[i:i + batch]))
+        correct += int((logits.argmax(1) == labels[i:i + batch]).sum())
+    return correct / len(x)
+
+
+def average_attention(params, cfg, images, batch=256) -> np.ndarray:
+    """(depth, heads, N, N) attention maps of the float model averaged over ``images``."""
+    fwd = jax.jit(lambda p, x: forward(p, x, cfg, "softmax", want_attention=True)[1]["attention"])
+    x = V.images_to_input(images).astype(np.float32)
+    total = None
+    for i in range(0, len(x), batch):
+        maps = np.stack([np.asarray(m).sum(0) for m in fwd(params, x[i:i + batch])])
+        total = maps if total is None else total + maps
+    return total / len(x)
+
+
+def derive_masks(attn: np.ndarray, sparsity: float) -> tuple[np.ndarray, float]:
+    """Fixed masks (True = pruned) at >= ``sparsity`` overall: one ``theta_p`` for every head,
+    the largest whose masks reach the target (bisection)."""
+    from vitaccel.golden.vitcod import prune_by_information
+
+    def masks(theta):
+        return np.stack([np.stack([prune_by_information(a / a.sum(-1, keepdims=True), theta)
+                                   for a in layer]) for layer in attn])
+    lo, hi = 1e-3, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if masks(mid).mean() >= sparsity:
+            lo = mid
+        else:
+            hi = mid
+    m = masks(lo)
+    return m, lo
+
+
+# --- training -----------------------------------------------------------------------------------
+
+def train(variant: str, epochs: int, out: Path, seed: int = 0, lr: float | None = None,
+          batch: int = 256, data_dir=None, sparsity: float = 0.9, log=print) -> dict:
+    cfg = V.ViTConfig()
+    folder = fmnist.find_data_dir(data_dir)
+    if folder is None:
+        raise SystemExit("training needs the full Fashion-MNIST (apt install dataset-fashion-mnist, "
+                         "or --data DIR with the four IDX files)")
+    xtr, ytr = fmnist.load_split(folder, "train")
+    xte, yte = fmnist.load_split(folder, "test")
+    mode, sel = MODES[variant]
+    meta = {"seed": seed, "epochs": epochs, "batch": batch, "data": "Fashion-MNIST train (60,000)"}
+    teacher = None
+    if variant == "float":
+        params = init_params(cfg, seed)
+        lr = lr or 2e-3
+    else:
+        _, base, _ = V.load_params("float", out.parent / "float.npz")
+        teacher = {k: jnp.asarray(v) for k, v in base.items()}
+        params = {**init_params(cfg, seed, variant), **base}
+        lr = lr or 5e-4
+        if variant == "vitcod":
+            calib = xtr[:1024]
+            attn = average_attention(teacher, cfg, calib)
+            params["mask"], theta = derive_masks(attn, sparsity)
+            meta.update(theta_p=theta, sparsity=float(params["mask"].mean()),
+                        mask_calibration="first 1,024 training images")
+            log(f"[train vitcod] masks at theta_p = {theta:.4f}: sparsity "
+                f"{params['mask'].mean():.4f}")
+    meta["lr"] = lr
+    fixed = {k: jnp.asarray(v) for k, v in params.items() if k == "mask"}
+    trainable = {k: jnp.asarray(v) for k, v in params.items() if k != "mask"}
+    steps_per_epoch = len(xtr) // batch
+    total = steps_per_epoch * epochs
+    warm = min(steps_per_epoch * (2 if variant == "float" else 0) + 100, total // 4)
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, warm, total, lr * 0.01)
+    decay_mask = {k: (v.ndim >= 2 and k not in ("pos",)) for k, v in trainable.items()}
+    opt = optax.chain(optax.clip_by_global_norm(1.0),
+                      optax.adamw(sched, weight_decay=0.05, mask=decay_mask))
+    state = opt.init(trainable)
+    targets = jnp.asarray(cfg.keep_ratios)
+
+    def loss_fn(tp, x, y, key):
+        p = {**tp, **fixed}
+        logits, aux = forward(p, x, cfg, mode, sel, key, train=True)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        loss = ce
+        if teacher is not None:
+            t_logits, _ = forward(teacher, x, cfg, "softmax")
+            t = jax.nn.softmax(t_logits)
+            loss = loss + (t * (jnp.log(t + 1e-9) - jax.nn.log_softmax(logits))).sum(-1).mean()
+        if sel:
+            kept = jnp.stack([k.mean() for k in aux["kept"]])
+            loss = loss + 2.0 * ((kept - targets) ** 2).sum()
+        return loss, (logits.argmax(-1) == y).mean()
+
+    @jax.jit
+    def step(tp, st, x, y, key):
+        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(tp, x, y, key)
+        updates, st = opt.update(grads, st, tp)
+        return optax.apply_updates(tp, updates), st, loss, acc
+
+    rng = np.random.default_rng(seed)
+    key = jax.random.PRNGKey(seed)
+    xtr_f = V.images_to_input(xtr).astype(np.float32)
+    t0 = time.time()
+    history = []
+    for ep in range(epochs):
+        order = rng.permutation(len(xtr))
+        losses, accs = [], []
+        for s in range(steps_per_epoch):
+            idx = order[s * batch:(s + 1) * batch]
+            xb = _augment(rng, xtr_f[idx]).astype(np.float32)
+            key, sub = jax.random.split(key)
+            trainable, state, loss, acc = step(trainable, state, xb, ytr[idx].astype(np.int32), sub)
+            losses.append(float(loss))
+            accs.append(float(acc))
+        top1 = evaluate({**trainable, **fixed}, cfg, variant, xte, yte)
+        history.append({"epoch": ep + 1, "loss": float(np.mean(losses)),
+                        "train_acc": float(np.mean(accs)), "test_top1": top1,
+                        "minutes": (time.time() - t0) / 60})
+        log(f"[train {variant}] epoch {ep + 1}/{epochs}: loss {np.mean(losses):.4f} train "
+            f"{np.mean(accs):.4f} test {top1:.4f} ({(time.time() - t0) / 60:.1f} min)")
+        sys.stdout.flush()
+        meta.update(history=history, test_top1_jax=top1, train_minutes=(time.time() - t0) / 60)
+        V.save_params(out, cfg, {k: np.asarray(v) for k, v in {**trainable, **fixed}.items()},
+                      variant, meta)
+    return meta
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        prog="python -m vitaccel.train",
+        description="Train the Fashion-MNIST ViT (float) or fine-tune a unit variant from "
+                    "float.npz. Writes golden/data/vit_fmnist/<variant>.npz after every epoch.")
+    ap.add_argument("variant", choices=V.VARIANTS)
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="default: 30 for float, 4 for the variants")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3 "
+                    "float, 5e-4 fine-tuning)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sparsity", type=float, default=0.9, help="vitcod mask sparsity target")
+    ap.add_argument("--data", default=None, help="folder with the four Fashion-MNIST IDX files")
+    ap.add_argument("--out", default=None, help="output .npz (default: the shipped weight file)")
+    args = ap.parse_args(argv)
+    epochs = args.epochs or (30 if args.variant == "float" else 4)
+    out = Path(args.out) if args.out else V.WEIGHTS_DIR / f"{args.variant}.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    train(args.variant, epochs, out, seed=args.seed, lr=args.lr, data_dir=args.data,
+          sparsity=args.sparsity)
+
+
+if __name__ == "__main__":
+    main()
