@@ -322,6 +322,13 @@ def selector_params(params: dict, stage: int) -> dict:
             if k.startswith(prefix)}
 
 
+def _layer_mask(params, i, tokens):
+    """Layer ``i``'s fixed mask (heads, T, T); a package slot beyond the mask keeps every key."""
+    m = np.asarray(params["mask"][i], bool)
+    pad = tokens - m.shape[-1]
+    return np.pad(m, ((0, 0), (0, pad), (0, pad))) if pad > 0 else m
+
+
 def forward_float(cfg: ViTConfig, params: dict, images, mode: str = "softmax",
                   selectors: bool = False, checkpoints: dict | None = None,
                   record: dict | None = None) -> np.ndarray:
@@ -364,9 +371,8 @@ def forward_float(cfg: ViTConfig, params: dict, images, mode: str = "softmax",
         rec("q", np.where(live4, q, 0))
         rec("k", np.where(live4, k, 0))
         rec("v", np.where(live4, v, 0))
-        o = attention_float_variant(q, k, v, mode,
-                                    mask=params["mask"][i] if mode == "mask" else None,
-                                    topk=cfg.topk, alive=alive)
+        o = attention_float_variant(q, k, v, mode, mask=_layer_mask(params, i, x.shape[1])
+                                    if mode == "mask" else None, topk=cfg.topk, alive=alive)
         rec("attn_out", np.where(live4, o, 0))
         if record is not None and mode == "taylor":
             kc = k - (k * live4).sum(-2, keepdims=True) / live4.sum(-2, keepdims=True)

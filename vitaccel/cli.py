@@ -241,6 +241,103 @@ def cmd_demo(args):
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
 
 
+# --- the ViT workload ----------------------------------------------------------------------------
+
+def _test_images(args):
+    from vitaccel.golden import fmnist
+    images, labels, what = fmnist.load_test(args.data, subset=args.subset)
+    if args.limit:
+        if args.limit < 1:
+            raise CLIError(f"--limit must be >= 1, got {args.limit}")
+        images, labels = images[:args.limit], labels[:args.limit]
+        what += f", first {len(images)}"
+    return images, labels, what
+
+
+def cmd_calibrate(args):
+    """Choose every scale, shift and threshold of the units from real activations."""
+    from vitaccel.model import quant as Q
+    images = Q.load_calibration_images(args.images, args.data)
+    _progress(f"calibrating {args.variant} on {len(images)} training images")
+    model = Q.build(args.variant, images)
+    report = model.calibration_report()
+    out = Path(args.json or f"build/results/calibration-{args.variant.replace('+', '_')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=_jsonable))
+    print(f"residual stream: int16 at scale {report['residual_scale']:.4g}; LayerNorm outputs "
+          f"int8 with {report['layernorm_frac_bits']} fraction bits")
+    print("| block | LN1 in | q | k | v | attn out | LN2 in | GELU out | unit configs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for i, b in enumerate(report["blocks"]):
+        sc = b["scales"]
+        units_txt = "; ".join(
+            f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in cfg.items() if k in _CALIB_FIELDS)
+            for name, cfg in b["units"].items())
+        print(f"| {i} | " + " | ".join(f"{sc[k]:.4g}" for k in
+              ("ln1_in", "q", "k", "v", "attn_out", "ln2_in", "gelu_out")) + f" | {units_txt} |")
+    for s in report["selectors"]:
+        c = s["heatvit"]
+        print(f"heatvit selector before block {s['block']}: " + ", ".join(
+            f"{k}={c[k]:.4g}" for k in ("x_scale", "u_scale", "a2_scale", "a3_scale", "hb_scale")))
+    print(f"wrote {out}")
+
+
+_CALIB_FIELDS = ("q_scale", "k_scale", "v_scale", "out_scale", "g_shift", "k", "mantissa_bits",
+                 "onehot_threshold", "x_scale", "wq_scale")
+
+
+def cmd_eval(args):
+    """Top-1, MACs, cycles and images/s of every variant on Fashion-MNIST (integer-only)."""
+    from vitaccel.model import evaluate as E
+    from vitaccel.model import quant as Q
+    variants = args.variants or list(E.DEFAULT_VARIANTS)
+    images, labels, what = _test_images(args)
+    calib = Q.load_calibration_images(args.calibration, args.data)
+    _progress(f"evaluating {', '.join(variants)} on {what}")
+    rows = E.evaluate(variants, images, labels, calib, progress=_progress)
+    print(f"{what}; calibration: first {len(calib)} training images")
+    print(E.format_table(rows))
+    if args.json:
+        E.write_results(rows, json_path=args.json)
+        print(f"wrote {args.json}")
+
+
+def cmd_infer(args):
+    """Classify images (28 x 28 greyscale PNG or .npy uint8) and print per-unit cycles."""
+    import numpy as np
+
+    from vitaccel.golden.fmnist import CLASSES
+    from vitaccel.model import cost as C
+    from vitaccel.model import png
+    from vitaccel.model import quant as Q
+    imgs = []
+    for name in args.images:
+        path = Path(name)
+        if not path.is_file():
+            raise CLIError(f"{path}: no such file")
+        if path.suffix.lower() == ".npy":
+            a = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() == ".png":
+            a = png.read_png(path)
+        else:
+            raise CLIError(f"{path}: expected a .png or .npy image")
+        if a.dtype != np.uint8:
+            raise CLIError(f"{path}: expected uint8 pixels, got dtype {a.dtype}")
+        if a.shape != (28, 28):
+            raise CLIError(f"{path}: expected a 28 x 28 greyscale image, got shape {a.shape}")
+        imgs.append(a)
+    model = Q.build(args.variant)
+    logits, stats = model.forward(np.stack(imgs))
+    for b, name in enumerate(args.images):
+        one = {k: (v[b:b + 1] if k == "tokens" else v) for k, v in stats.items()}
+        cyc = C.variant_cost(args.variant, model.cfg, model, one)
+        cls = int(logits[b].argmax())
+        per_unit = ", ".join(f"{k}={v:,}" for k, v in cyc.get("cycles_by_unit", {}).items())
+        print(f"{name}: {CLASSES[cls]} (class {cls}); {args.variant}: "
+              f"{cyc.get('cycles_per_image', 0):,} cycles ({per_unit})")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="vitaccel",
@@ -309,6 +406,42 @@ def main(argv=None):
     p.add_argument("--build-all", action="store_true",
                    help="build a ULX3S bitstream for every unit (default: gemm only)")
     p.set_defaults(func=cmd_demo)
+
+    def data_args(p, limit=True):
+        p.add_argument("--data", metavar="DIR", help="folder with the four Fashion-MNIST IDX "
+                       "files (default: /usr/share/datasets/fashion-mnist when present)")
+        if limit:
+            p.add_argument("--subset", action="store_true",
+                           help="score the shipped 1,000-image test subset even when the full "
+                                "set is present")
+            p.add_argument("--limit", type=int, metavar="N", help="only the first N test images")
+
+    p = sub.add_parser("calibrate", help="choose every unit scale/shift/threshold of a ViT "
+                       "variant from real activations", description=cmd_calibrate.__doc__)
+    p.add_argument("variant", help="int8, heatvit, vitcod, vitality, fact or a+b")
+    p.add_argument("--images", type=int, default=512,
+                   help="calibration batch: the first N training images (default 512)")
+    p.add_argument("--json", help="output (default build/results/calibration-<variant>.json)")
+    data_args(p, limit=False)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("eval", help="top-1 / MACs / cycles / images/s of the Fashion-MNIST ViT "
+                       "through the units", description=cmd_eval.__doc__ + " Scores the full "
+                       "10,000-image test set when it is found, else the shipped 1,000 images.")
+    p.add_argument("--variants", nargs="+", metavar="V",
+                   help="float int8 heatvit vitcod vitality fact heatvit+vitcod (default: all)")
+    p.add_argument("--calibration", type=int, default=512, metavar="N",
+                   help="calibration images (first N training images, default 512)")
+    p.add_argument("--json", help="write the rows to this JSON file")
+    data_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("infer", help="classify 28x28 PNG/NPY images with the integer ViT",
+                       description=cmd_infer.__doc__)
+    p.add_argument("images", nargs="+", help="28 x 28 uint8 greyscale .png or .npy files")
+    p.add_argument("--variant", default="heatvit+vitcod",
+                   help="which integer model (default heatvit+vitcod)")
+    p.set_defaults(func=cmd_infer)
 
     args = parser.parse_args(argv)
     if os.environ.get("VITACCEL_DEBUG"):      # full tracebacks for developers

@@ -290,16 +290,17 @@ def train(variant: str, epochs: int, out: Path, seed: int = 0, lr: float | None 
             t_logits, _ = forward(teacher, x, cfg, "softmax")
             t = jax.nn.softmax(t_logits)
             loss = loss + (t * (jnp.log(t + 1e-9) - jax.nn.log_softmax(logits))).sum(-1).mean()
+        kept = jnp.zeros(0)
         if sel:
             kept = jnp.stack([k.mean() for k in aux["kept"]])
             loss = loss + 2.0 * ((kept - targets) ** 2).sum()
-        return loss, (logits.argmax(-1) == y).mean()
+        return loss, ((logits.argmax(-1) == y).mean(), kept)
 
     @jax.jit
     def step(tp, st, x, y, key):
-        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(tp, x, y, key)
+        (loss, (acc, kept)), grads = jax.value_and_grad(loss_fn, has_aux=True)(tp, x, y, key)
         updates, st = opt.update(grads, st, tp)
-        return optax.apply_updates(tp, updates), st, loss, acc
+        return optax.apply_updates(tp, updates), st, loss, acc, kept
 
     rng = np.random.default_rng(seed)
     key = jax.random.PRNGKey(seed)
@@ -308,25 +309,52 @@ def train(variant: str, epochs: int, out: Path, seed: int = 0, lr: float | None 
     history = []
     for ep in range(epochs):
         order = rng.permutation(len(xtr))
-        losses, accs = [], []
+        losses, accs, kepts = [], [], []
         for s in range(steps_per_epoch):
             idx = order[s * batch:(s + 1) * batch]
             xb = _augment(rng, xtr_f[idx]).astype(np.float32)
             key, sub = jax.random.split(key)
-            trainable, state, loss, acc = step(trainable, state, xb, ytr[idx].astype(np.int32), sub)
+            trainable, state, loss, acc, kept = step(trainable, state, xb,
+                                                     ytr[idx].astype(np.int32), sub)
             losses.append(float(loss))
             accs.append(float(acc))
+            kepts.append(np.asarray(kept))
         top1 = evaluate({**trainable, **fixed}, cfg, variant, xte, yte)
         history.append({"epoch": ep + 1, "loss": float(np.mean(losses)),
                         "train_acc": float(np.mean(accs)), "test_top1": top1,
                         "minutes": (time.time() - t0) / 60})
+        keep_txt = ""
+        if sel:
+            history[-1]["kept_fraction"] = np.mean(kepts, 0).tolist()
+            keep_txt = " kept " + "/".join(f"{k:.2f}" for k in np.mean(kepts, 0))
         log(f"[train {variant}] epoch {ep + 1}/{epochs}: loss {np.mean(losses):.4f} train "
-            f"{np.mean(accs):.4f} test {top1:.4f} ({(time.time() - t0) / 60:.1f} min)")
+            f"{np.mean(accs):.4f} test {top1:.4f}{keep_txt} ({(time.time() - t0) / 60:.1f} min)")
         sys.stdout.flush()
         meta.update(history=history, test_top1_jax=top1, train_minutes=(time.time() - t0) / 60)
-        V.save_params(out, cfg, {k: np.asarray(v) for k, v in {**trainable, **fixed}.items()},
-                      variant, meta)
+        final = {k: np.asarray(v) for k, v in {**trainable, **fixed}.items()}
+        meta["reference_logits"] = reference_logits(final, cfg, variant)
+        V.save_params(out, cfg, final, variant, meta)
     return meta
+
+
+def reference_logits(params, cfg, variant, count: int = 8) -> list:
+    """JAX logits of the first ``count`` shipped test images, stored in the weight file's meta
+    so the NumPy float forward is checked against the training framework without JAX."""
+    images, _ = fmnist.load_subset()
+    mode, sel = MODES[variant]
+    x = V.images_to_input(images[:count]).astype(np.float32)
+    p = {k: jnp.asarray(v) for k, v in params.items()}
+    return np.asarray(forward(p, x, cfg, mode, sel)[0], np.float64).tolist()
+
+
+def stamp(path: Path):
+    """Add :func:`reference_logits` to an existing weight file."""
+    cfg, params, meta = V.load_params(path=path, variant=json.loads(
+        str(np.load(path)["__meta__"]))["variant"])
+    meta["reference_logits"] = reference_logits(params, cfg, meta["variant"])
+    variant = meta.pop("variant")
+    meta.pop("config", None)
+    V.save_params(path, cfg, params, variant, meta)
 
 
 def main(argv=None):
@@ -335,6 +363,8 @@ def main(argv=None):
         description="Train the Fashion-MNIST ViT (float) or fine-tune a unit variant from "
                     "float.npz. Writes golden/data/vit_fmnist/<variant>.npz after every epoch.")
     ap.add_argument("variant", choices=V.VARIANTS)
+    ap.add_argument("--stamp", action="store_true", help="only add the JAX reference logits to "
+                    "the existing weight file")
     ap.add_argument("--epochs", type=int, default=None,
                     help="default: 30 for float, 4 for the variants")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3 "
@@ -347,6 +377,9 @@ def main(argv=None):
     epochs = args.epochs or (30 if args.variant == "float" else 4)
     out = Path(args.out) if args.out else V.WEIGHTS_DIR / f"{args.variant}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.stamp:
+        stamp(out)
+        return
     train(args.variant, epochs, out, seed=args.seed, lr=args.lr, data_dir=args.data,
           sparsity=args.sparsity)
 

@@ -49,7 +49,7 @@ from vitaccel.golden.fixedpoint import Requant, quantize_multiplier, requantize,
 from vitaccel.golden.gemm import gemm
 
 __all__ = ["LN_FRAC", "RESIDUAL_BITS", "MIN_CALIBRATION_IMAGES", "ATTENTION", "IntViT",
-           "calibrate", "variant_attention", "load_calibration_images"]
+           "calibrate", "variant_attention", "load_calibration_images", "variant_params", "build"]
 
 #: Fraction bits of the block LayerNorm outputs (int8): |y| < 4 unsaturated, 1/32 resolution.
 LN_FRAC = 5
@@ -311,7 +311,7 @@ class IntViT:
         y, _, _ = H.layernorm_q(x8, self.cfg.dim, eps, LN_FRAC)
         return np.asarray(y, np.int64)
 
-    def _attention(self, i, blk, y, q, k, v, capture):
+    def _attention(self, i, blk, y, q, k, v, capture, idx=None):
         """q, k, v (n, h, N, d) int8; y the LayerNorm output (FACT's input). -> (n, h, N, d)."""
         kind = self.attention
         n, h, N, d = q.shape
@@ -334,8 +334,16 @@ class IntViT:
         vc = blk.unit["vitcod"]
         rq_s, rq_o = VC.score_requant(vc.q_scale, vc.k_scale, d), VC.out_requant(vc.v_scale, vc.out_scale)
         if kind == "vitcod":
-            keep = ~self.masks[i][:, :N, :N]
-            keep = np.broadcast_to(keep, (n, h, N, N))
+            # idx: the original position of every row (the package token: one past the last),
+            # so the fixed mask follows the tokens through HeatViT's compaction
+            mask = self.masks[i]
+            full = mask.shape[-1]
+            if idx is None:
+                keep = np.broadcast_to(~mask[:, :N, :N], (n, h, N, N))
+            else:
+                padded = np.pad(~mask, ((0, 0), (0, 1), (0, 1)), constant_values=True)
+                ix = np.minimum(idx, full)
+                keep = np.broadcast_to(padded[:, ix][:, :, ix], (n, h, N, N))
         elif kind == "fact":
             fc = blk.unit["fact"]
             wq = blk.qkv.w[:, :self.cfg.dim]
@@ -377,7 +385,7 @@ class IntViT:
                                              "outputs": {"out": out[b]}})
         return out
 
-    def block(self, i, x, capture=None, checkpoints=None):
+    def block(self, i, x, capture=None, checkpoints=None, idx=None):
         cfg, blk = self.cfg, self.blocks[i]
         n, N, D = x.shape
         h, d = cfg.heads, cfg.head_dim
@@ -389,7 +397,7 @@ class IntViT:
         q = heads(requantize(acc[..., :D], blk.rq_q, 8))
         k = heads(requantize(acc[..., D:2 * D], blk.rq_k, 8))
         v = heads(requantize(acc[..., 2 * D:], blk.rq_v, 8))
-        o = self._attention(i, blk, y, q, k, v, capture)
+        o = self._attention(i, blk, y, q, k, v, capture, idx)
         o = o.transpose(0, 2, 1, 3).reshape(n, N, D)
         x = np.asarray(saturate(x + requantize(blk.proj(o), blk.rq_proj, RESIDUAL_BITS),
                                 RESIDUAL_BITS), np.int64)
@@ -407,17 +415,20 @@ class IntViT:
         tok8 = np.asarray(requantize(x, st["rq_in"], 8), np.int64)
         r = H.selector_int(st["params"], st["weights"], tok8, has_package=has_package)
         keep = r["keep"]
-        rows = [x[0]] + [x[1 + t] for t in np.nonzero(keep)[0]]
+        kept = np.nonzero(keep)[0]
+        rows = [x[0]] + [x[1 + t] for t in kept]
+        order = [0] + [1 + int(t) for t in kept]
         if (~keep).any():
             pkg = requantize(r["tokens_out"][-1], st["rq_pkg"], RESIDUAL_BITS)
             rows.append(np.asarray(pkg, np.int64))
+            order.append(-1)
         if capture is not None and image in capture["images"]:
             capture["calls"].append({"unit": "heatvit", "block": self.cfg.selector_blocks[j],
                                      "image": image, "config": st["config"],
                                      "inputs": {"tokens": tok8, "weights": st["weights"],
                                                 "has_package": has_package},
                                      "outputs": {k: r[k] for k in ("tokens_out", "keep", "n_next")}})
-        return np.stack(rows), bool((~keep).any())
+        return np.stack(rows), bool((~keep).any()), order
 
     def forward(self, images, capture=None, checkpoints=None) -> tuple[np.ndarray, dict]:
         """Integer logits (n, classes) of uint8 images, and stats (tokens per block, ...).
@@ -444,15 +455,17 @@ class IntViT:
             xb = x[b:b + 1]
             has_pkg = False
             stage = 0
+            idx = np.arange(self.cfg.tokens)     # original positions; the package: tokens
             for i in range(self.cfg.depth):
                 if i in self.cfg.selector_blocks:
-                    rows, has_pkg = self.select(stage, xb[0], has_pkg, capture, b)
+                    rows, has_pkg, order = self.select(stage, xb[0], has_pkg, capture, b)
+                    idx = np.array([idx[o] if o >= 0 else self.cfg.tokens for o in order])
                     xb = rows[None]
                     stage += 1
                 sub = None
                 if capture is not None and b in capture["images"]:
                     sub = {"images": {0}, "calls": []}
-                xb = self.block(i, xb, sub)
+                xb = self.block(i, xb, sub, idx=idx)
                 if sub is not None:
                     for c in sub["calls"]:
                         c["image"] = b
@@ -510,3 +523,33 @@ def calibrate(cfg: V.ViTConfig, params: dict, variant: str, images,
     stats["residual"] = float(np.max(stats["residual"]))
     stats["lnf_in"] = float(np.max(stats["lnf_in"]))
     return IntViT(cfg, variant, params, stats, fact_mantissa_bits)
+
+
+def variant_params(variant: str, weights_dir=None) -> tuple[V.ViTConfig, dict]:
+    """The shipped float weights of an evaluation variant: ``int8`` uses ``float.npz``, a unit its
+    own fine-tuned file, ``heatvit+vitcod`` the heatvit weights with the vitcod masks."""
+    from pathlib import Path
+    folder = Path(weights_dir) if weights_dir is not None else V.WEIGHTS_DIR
+    parts = variant.split("+")
+    for p in parts:
+        if p not in ATTENTION and p != "float":
+            raise ValueError(f"unknown variant {p!r} in {variant!r}; known: float, "
+                             f"{', '.join(ATTENTION)}")
+    base = "float" if parts == ["int8"] or parts == ["float"] else \
+        ("heatvit" if "heatvit" in parts else parts[0])
+    cfg, params, _ = V.load_params(base, folder / f"{base}.npz")
+    params = dict(params)
+    for p in parts:
+        if p != base and p in ("vitcod",):
+            _, extra, _ = V.load_params(p, folder / f"{p}.npz")
+            params["mask"] = extra["mask"]
+    return cfg, params
+
+
+def build(variant: str, calibration_images=None, weights_dir=None, **kw) -> IntViT:
+    """Shipped weights of ``variant`` calibrated on ``calibration_images`` (default: the first
+    512 training images): the one call from weights to an integer model."""
+    cfg, params = variant_params(variant, weights_dir)
+    if calibration_images is None:
+        calibration_images = load_calibration_images()
+    return calibrate(cfg, params, variant, calibration_images, **kw)
