@@ -241,7 +241,8 @@ def derive_masks(attn: np.ndarray, sparsity: float) -> tuple[np.ndarray, float]:
 # --- training -----------------------------------------------------------------------------------
 
 def train(variant: str, epochs: int, out: Path, seed: int = 0, lr: float | None = None,
-          batch: int = 256, data_dir=None, sparsity: float = 0.9, log=print) -> dict:
+          batch: int = 256, data_dir=None, sparsity: float = 0.9, log=print,
+          init=None) -> dict:
     cfg = V.ViTConfig()
     folder = fmnist.find_data_dir(data_dir)
     if folder is None:
@@ -254,6 +255,11 @@ def train(variant: str, epochs: int, out: Path, seed: int = 0, lr: float | None 
     teacher = None
     if variant == "float":
         params = init_params(cfg, seed)
+        if init is not None:            # continue training (a further cosine cycle)
+            _, params, prev = V.load_params("float", init)
+            meta["continued_from"] = {"epochs": prev.get("epochs"),
+                                      "test_top1_jax": prev.get("test_top1_jax"),
+                                      "history": prev.get("history")}
         lr = lr or 2e-3
     else:
         _, base, _ = V.load_params("float", out.parent / "float.npz")
@@ -373,6 +379,8 @@ def main(argv=None):
     ap.add_argument("--sparsity", type=float, default=0.9, help="vitcod mask sparsity target")
     ap.add_argument("--data", default=None, help="folder with the four Fashion-MNIST IDX files")
     ap.add_argument("--out", default=None, help="output .npz (default: the shipped weight file)")
+    ap.add_argument("--init", default=None, help="float only: continue from this weight file "
+                    "(one more warm-up + cosine cycle) instead of a fresh initialisation")
     args = ap.parse_args(argv)
     epochs = args.epochs or (30 if args.variant == "float" else 4)
     out = Path(args.out) if args.out else V.WEIGHTS_DIR / f"{args.variant}.npz"
@@ -381,7 +389,7 @@ def main(argv=None):
         stamp(out)
         return
     train(args.variant, epochs, out, seed=args.seed, lr=args.lr, data_dir=args.data,
-          sparsity=args.sparsity)
+          sparsity=args.sparsity, init=args.init)
 
 
 if __name__ == "__main__":

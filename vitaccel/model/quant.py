@@ -262,7 +262,7 @@ class IntViT:
         cfg = self.cfg
         st = stats["selectors"][j]
         ucfg = dataclasses.replace(
-            UH.board_config("ulx3s"), D=cfg.dim, heads=cfg.heads, n_max=cfg.tokens,
+            UH.board_config("ulx3s"), D=cfg.dim, heads=cfg.heads, n_max=cfg.patches,
             shared_weights=False, decision="logit", normalize_package=True,
             x_scale=_scale8(st["tokens"]), u_scale=_scale8(st["u"]), a2_scale=_scale8(st["a2"]),
             a3_scale=_scale8(st["a3"]), hb_scale=_scale8(st["hb"]), ln_eps=V.SELECTOR_LN_EPS)
@@ -451,6 +451,7 @@ class IntViT:
             logits = self._head(x[:, 0])
             return logits, {"tokens": tokens, **self._stats}
         logits = np.empty((n, self.cfg.classes), np.int64)
+        positions: dict = {}       # image -> original token positions after each selector stage
         for b in range(n):
             xb = x[b:b + 1]
             has_pkg = False
@@ -460,6 +461,7 @@ class IntViT:
                 if i in self.cfg.selector_blocks:
                     rows, has_pkg, order = self.select(stage, xb[0], has_pkg, capture, b)
                     idx = np.array([idx[o] if o >= 0 else self.cfg.tokens for o in order])
+                    positions.setdefault(b, []).append(idx.copy())
                     xb = rows[None]
                     stage += 1
                 sub = None
@@ -474,7 +476,8 @@ class IntViT:
                 if checkpoints is not None:
                     checkpoints.setdefault(f"block{i}", []).append(xb[0] * self.residual_scale)
             logits[b] = self._head(xb[:, 0])[0]
-        return logits, {"tokens": tokens, **self._stats}
+        return logits, {"tokens": tokens, "positions": [positions[b] for b in range(n)],
+                        **self._stats}
 
     def _head(self, cls16):
         y = self._layernorm(cls16, self.lnf_in, self.lnf_eps)
