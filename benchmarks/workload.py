@@ -37,12 +37,14 @@ def main(argv=None):
     ap.add_argument("--rtl-images", type=int, default=2, help="test images replayed on the RTL")
     ap.add_argument("--no-rtl", action="store_true", help="skip the RTL replay")
     ap.add_argument("--sim", default="verilator", choices=("verilator", "icarus"))
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes for the evaluation")
     args, _ = ap.parse_known_args(argv)
 
     images, labels, what = fmnist.load_test(args.data, subset=args.subset)
     calib = Q.load_calibration_images(512, args.data)
     t0 = time.time()
-    rows = E.evaluate(args.variants, images, labels, calib, progress=common.progress)
+    rows = E.evaluate(args.variants, images, labels, calib, progress=common.progress,
+                      jobs=args.jobs)
     out = {"data": what, "calibration": f"first {len(calib)} Fashion-MNIST training images",
            "rows": rows}
     # pictures

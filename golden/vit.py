@@ -22,6 +22,7 @@ Variants (one weight file each) add:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -32,7 +33,10 @@ __all__ = ["ViTConfig", "VARIANTS", "WEIGHTS_DIR", "param_shapes", "check_params
            "softmax", "forward_float", "attention_float_variant", "macs_per_image",
            "selector_stage", "selector_params", "SELECTOR_LN_EPS", "MODES"]
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "data" / "vit_fmnist"
+#: The shipped weights; ``VITACCEL_WEIGHTS=DIR`` points every loader at another folder holding
+#: ``<variant>.npz`` files (e.g. a retrained set from ``python -m vitaccel.train --out``).
+WEIGHTS_DIR = Path(os.environ.get("VITACCEL_WEIGHTS") or
+                   Path(__file__).resolve().parent / "data" / "vit_fmnist")
 #: The weight sets, one per trained variant.
 VARIANTS = ("float", "heatvit", "vitcod", "vitality", "fact")
 ATTENTION_MODES = ("softmax", "taylor", "mask", "topk")

@@ -236,9 +236,47 @@ def cmd_demo(args):
         report = run_build(name, unit.board_config("ulx3s"), "ulx3s",
                            unit.FMAX_TARGET_MHZ.get("ulx3s"))
         print(board_build.format_report(report))
+    if not args.no_workload:
+        workload_demo(args.sim)
     print()
     cmd_report(argparse.Namespace(results=str(RESULTS), json="build/results/report.json"))
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
+
+
+#: the unit whose RTL `make demo` runs on the ViT's own tensors (one block of one image)
+DEMO_RTL_UNIT = ("vitality", "vitality", 0)      # (variant, unit, block)
+
+
+def workload_demo(simulator: str = "verilator", count: int = 16):
+    """A short tour of the real workload: a few Fashion-MNIST test images through the integer
+    ViT of every variant (calibrated on real training images), then one unit's RTL on the exact
+    tensors the model hands it."""
+    import numpy as np
+
+    from vitaccel.golden import fmnist
+    from vitaccel.model import evaluate as E
+    from vitaccel.model import quant as Q
+    images, labels, _ = fmnist.load_test(subset=True)
+    images, labels = images[:count], labels[:count]
+    _progress(f"== workload: {count} Fashion-MNIST test images through the integer ViT")
+    rows = E.evaluate(E.DEFAULT_VARIANTS, images, labels, progress=None)
+    print(f"first {count} test images (the full table: vitaccel eval, benchmarks/results/workload.md)")
+    print(E.format_table(rows))
+    variant, unit_name, block = DEMO_RTL_UNIT
+    model = Q.build(variant)
+    cap = {"images": {0}, "calls": []}
+    model.forward(images[:1], capture=cap)
+    call = next(c for c in cap["calls"] if c["unit"] == unit_name and c["block"] == block)
+    unit = units.get(unit_name)
+    _progress(f"simulating {unit_name} on {simulator} with block {block}'s real tensors of test "
+              f"image 0 (random stalls)")
+    got, stats = unit.simulate(call["config"], **call["inputs"], simulator=simulator, stalls=1)
+    problems = unit.compare(call["outputs"], got)
+    if problems:
+        raise CLIError(f"{unit_name} RTL differs from golden on the model's tensors: {problems[0]}")
+    print(f"{unit_name} RTL == golden on block {block} of test image 0 "
+          f"({', '.join(f'{k}={np.shape(v)}' for k, v in call['inputs'].items())}), "
+          f"bit-exact under random stalls, {stats['cycles']} cycles")
 
 
 # --- the ViT workload ----------------------------------------------------------------------------
@@ -295,7 +333,7 @@ def cmd_eval(args):
     images, labels, what = _test_images(args)
     calib = Q.load_calibration_images(args.calibration, args.data)
     _progress(f"evaluating {', '.join(variants)} on {what}")
-    rows = E.evaluate(variants, images, labels, calib, progress=_progress)
+    rows = E.evaluate(variants, images, labels, calib, progress=_progress, jobs=args.jobs)
     print(f"{what}; calibration: first {len(calib)} training images")
     print(E.format_table(rows))
     if args.json:
@@ -317,7 +355,10 @@ def cmd_infer(args):
         if not path.is_file():
             raise CLIError(f"{path}: no such file")
         if path.suffix.lower() == ".npy":
-            a = np.load(path, allow_pickle=False)
+            try:
+                a = np.load(path, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
+                raise CLIError(f"{path}: not a NumPy .npy array ({e})") from None
         elif path.suffix.lower() == ".png":
             a = png.read_png(path)
         else:
@@ -405,6 +446,9 @@ def main(argv=None):
     p.add_argument("--no-build", action="store_true", help="skip the bitstream build")
     p.add_argument("--build-all", action="store_true",
                    help="build a ULX3S bitstream for every unit (default: gemm only)")
+    p.add_argument("--no-workload", action="store_true",
+                   help="skip the Fashion-MNIST ViT tour (a few images through every variant, "
+                        "one unit's RTL on the model's own tensors)")
     p.set_defaults(func=cmd_demo)
 
     def data_args(p, limit=True):
@@ -433,6 +477,8 @@ def main(argv=None):
     p.add_argument("--calibration", type=int, default=512, metavar="N",
                    help="calibration images (first N training images, default 512)")
     p.add_argument("--json", help="write the rows to this JSON file")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="worker processes for the integer model (default: one per CPU)")
     data_args(p)
     p.set_defaults(func=cmd_eval)
 

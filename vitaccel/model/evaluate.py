@@ -27,13 +27,23 @@ DEFAULT_VARIANTS = ("float", "int8", "heatvit", "vitcod", "vitality", "fact", "h
 TARGETS = {"int8": 0.5, "heatvit": 1.0, "vitcod": 1.5, "vitality": 2.0, "fact": 1.0}
 
 
-def _float_top1(cfg, params, variant, images, labels, batch, progress=None):
-    mode = {"softmax": "softmax", "vitcod": "mask", "vitality": "taylor", "fact": "topk"}[
-        Q.variant_attention(variant)] if variant != "float" else "softmax"
-    sel = "heatvit" in variant.split("+")
-    pred = []
-    for i in range(0, len(images), batch):
-        pred.append(V.forward_float(cfg, params, images[i:i + batch], mode, sel).argmax(1))
+class _FloatModel:
+    """The float forward of a variant with IntViT's ``forward`` face (for :func:`_map_batches`)."""
+
+    def __init__(self, cfg, params, variant):
+        self.cfg, self.params = cfg, params
+        self.mode = {"softmax": "softmax", "vitcod": "mask", "vitality": "taylor",
+                     "fact": "topk"}[Q.variant_attention(variant)] if variant != "float" else "softmax"
+        self.selectors = "heatvit" in variant.split("+")
+
+    def forward(self, images):
+        return V.forward_float(self.cfg, self.params, images, self.mode, self.selectors), {}
+
+
+def _float_top1(cfg, params, variant, images, labels, batch, jobs=1):
+    model = _FloatModel(cfg, params, variant)
+    starts = list(range(0, len(images), batch))
+    pred = [logits.argmax(1) for logits, _ in _map_batches(model, images, starts, batch, jobs)]
     return float((np.concatenate(pred) == labels).mean())
 
 
@@ -51,8 +61,9 @@ def _macs(cfg, variant, model, stats) -> dict:
 
 
 def evaluate(variants=DEFAULT_VARIANTS, images=None, labels=None, calibration_images=None,
-             batch: int = 500, progress=print, cost: bool = True) -> list[dict]:
-    """One result row per variant (see the module docstring)."""
+             batch: int = 500, progress=print, cost: bool = True, jobs: int = 1) -> list[dict]:
+    """One result row per variant (see the module docstring); ``jobs`` > 1 runs batches of
+    images in that many forked worker processes (the integer model is plain NumPy)."""
     if images is None:
         from vitaccel.golden import fmnist
         images, labels, _ = fmnist.load_test(subset=True)
@@ -65,14 +76,14 @@ def evaluate(variants=DEFAULT_VARIANTS, images=None, labels=None, calibration_im
         cfg, params = Q.variant_params(variant)
         row = {"variant": variant, "images": int(len(images))}
         if variant == "float":
-            top1 = _float_top1(cfg, params, "float", images, labels, batch)
+            top1 = _float_top1(cfg, params, "float", images, labels, batch, jobs)
             stats, model = {"tokens": np.full((1, cfg.depth), cfg.tokens)}, None
             row["float_top1_own_weights"] = top1
         else:
             model = Q.calibrate(cfg, params, variant, calibration_images)
             preds, tok, agg = [], [], {}
-            for i in range(0, len(images), batch):
-                logits, st = model.forward(images[i:i + batch])
+            starts = list(range(0, len(images), batch))
+            for i, (logits, st) in zip(starts, _map_batches(model, images, starts, batch, jobs)):
                 preds.append(logits.argmax(1))
                 tok.append(st["tokens"])
                 for k, v in st.items():
@@ -83,7 +94,8 @@ def evaluate(variants=DEFAULT_VARIANTS, images=None, labels=None, calibration_im
                              f"images ({time.time() - t0:.0f} s)")
             stats = {"tokens": np.concatenate(tok), **agg}
             top1 = float((np.concatenate(preds) == labels).mean())
-            row["float_top1_own_weights"] = _float_top1(cfg, params, variant, images, labels, batch)
+            row["float_top1_own_weights"] = _float_top1(cfg, params, variant, images, labels,
+                                                        batch, jobs)
         row["top1"] = top1
         if variant == "float":
             float_top1 = top1
@@ -93,6 +105,7 @@ def evaluate(variants=DEFAULT_VARIANTS, images=None, labels=None, calibration_im
         row["macs_per_image"] = macs["total"]
         row["macs_linear"] = macs["linear"]
         row["macs_attention"] = macs["attention"]
+        row["cycles_per_image"] = row["images_per_s"] = None
         if cost and variant != "float":        # the float model has no hardware to count
             from vitaccel.model import cost as C
             row.update(C.variant_cost(variant, cfg, model, stats))
@@ -109,6 +122,29 @@ def evaluate(variants=DEFAULT_VARIANTS, images=None, labels=None, calibration_im
         for r in rows:
             r["macs_vs_float"] = r["macs_per_image"] / base["macs_per_image"]
     return rows
+
+
+_WORKER_MODEL = None
+
+
+def _worker_forward(args):
+    images = args
+    return _WORKER_MODEL.forward(images)
+
+
+def _map_batches(model, images, starts, batch, jobs):
+    """``model.forward`` of each batch, in order; in ``jobs`` forked processes when > 1."""
+    chunks = [images[i:i + batch] for i in starts]
+    if jobs <= 1 or len(chunks) < 2:
+        for c in chunks:
+            yield model.forward(c)
+        return
+    import multiprocessing as mp
+    global _WORKER_MODEL
+    _WORKER_MODEL = model
+    with mp.get_context("fork").Pool(jobs) as pool:
+        yield from pool.imap(_worker_forward, chunks)
+    _WORKER_MODEL = None
 
 
 def format_table(rows: list[dict]) -> str:
