@@ -90,7 +90,8 @@ __all__ = [
     "spec_line_split",
     "score_requant", "out_requant", "exp2_int", "attention_float", "attention_int",
     "attention_int_compiled", "attention_int_batched", "ae_hidden", "check_ae", "autoencode", "autoencode_float",
-    "analytical_cycles", "dense_baseline_cycles", "engine_ideal_cycles",
+    "analytical_cycles", "dense_baseline_cycles", "engine_ideal_cycles", "spmm_schedule",
+    "SPMM_DONE_LATENCY",
 ]
 
 #: Fractional bits of the log2-domain score ``t``.
@@ -327,6 +328,75 @@ def exp2_int(x) -> np.ndarray:
         sel = shift == s
         out[sel] = rshift_round(lut[sel], int(s))
     return out
+
+
+#: A row's done flags reach the hand-off this many cycles after its last issue (the phase-2
+#: pipeline of rtl/vitcod/core.py, behind the score buffers' output registers).
+SPMM_DONE_LATENCY = 9
+
+
+def spmm_schedule(cnt, f, dgroups, lines_s, ready_delay=None, normalisers=None):
+    """Cycle model of the core's SpMM phase (no stalls), pinned cycle for cycle against the RTL
+    by ``tests/test_vitcod_rtl.py``; ``cnt`` = kept sparse entries per row, ``f = ceil(d /
+    MACs)``, ``dgroups = ceil(G / lines_d)``.
+
+    The engines walk the rows each at its own pace, at most one row ahead of the oldest row not
+    yet handed off (two accumulator banks); the Denser engine takes ``dgroups * f`` cycles per
+    row (G = 0: one cycle, no op); the Sparser engine streams its (entry, chunk) pairs in row
+    order, ``w = min(lines_s, f)`` per cycle, running on into the next row (a short tail waits
+    for that row's bank, unless there is no next row to pack with); an empty row passes in one
+    cycle. A row's done flags are seen :data:`SPMM_DONE_LATENCY` cycles after its last issue;
+    the hand-off then takes one cycle, and only when the row's normaliser slot (round-robin
+    over ``normalisers``; default: one per row, never full) is free; the slot's reciprocal lets
+    the row stream out ``ready_delay[row]`` cycles after the hand-off (default 0), one chunk per
+    cycle and one row after the other; the slot is free again once its last chunk is fed.
+
+    Returns (SpMM cycles, dense issue cycles, sparse issue cycles, cycle the last chunk is fed),
+    times from the first SPMM cycle."""
+    n = len(cnt)
+    ready_delay = [0] * n if ready_delay is None else ready_delay
+    normalisers = n + 1 if normalisers is None else normalisers
+    w, pipe = min(lines_s, f), SPMM_DONE_LATENCY
+    y = dgi = dc = xa = p = c0 = hand = 0
+    pend, done_d, done_s = int(cnt[0]), {}, {}
+    t = spmm = busy_d = busy_s = 0
+    free = [0] * normalisers               # cycle from which the slot takes a row
+    feed_end = -1                          # cycle after the previous row's last chunk
+    last_feed = 0
+    while hand < n:
+        if t > 10 ** 7:                    # pragma: no cover - a bug, not an input error
+            raise RuntimeError("the ViTCoD SpMM schedule does not terminate")
+        lo = hand
+        spmm += not (y == n and xa == n)
+        if y < n and y <= lo + 1:
+            busy_d += dgroups > 0
+            if dgroups == 0 or (dc == f - 1 and dgi == dgroups - 1):
+                done_d[y], y, dgi, dc = t + pipe, y + 1, 0, 0
+            elif dc == f - 1:
+                dc, dgi = 0, dgi + 1
+            else:
+                dc += 1
+        if xa < n and xa <= lo + 1:
+            left = pend - p
+            n_a = w if left >= 2 else min(w, f - c0)
+            b_exists = xa + 1 < n and cnt[xa + 1] > 0
+            go = left > 0 and (n_a == w or not b_exists or xa <= lo)
+            if left <= 0 or (go and left == 1 and n_a == f - c0):
+                done_s[xa], xa = t + pipe, xa + 1
+                pend += int(cnt[xa]) if xa < n else 0
+            if go:
+                busy_s += 1
+                n_b = w - n_a if n_a < w and b_exists else 0
+                p, c0 = (p + 1, c0 + n_a + n_b - f) if c0 + n_a + n_b >= f else (p, c0 + n_a + n_b)
+        if done_d.get(hand, t + 1) <= t and done_s.get(hand, t + 1) <= t \
+                and free[hand % normalisers] <= t:
+            feed = max(t + ready_delay[hand], feed_end)
+            feed_end = feed + f
+            free[hand % normalisers] = feed_end
+            last_feed = feed + f - 1
+            hand += 1
+        t += 1
+    return spmm, busy_d, busy_s, last_feed
 
 
 def attention_float(q, k, v, mask, q_scale, k_scale, v_scale, out_scale) -> np.ndarray:

@@ -14,10 +14,9 @@ checks, so a wrong wrapper fails there). Nothing is fitted to the ViT's own shap
     ``benchmarks/results/gemm.json`` (8 single problems, 3 streams of 5). Valid for K >= rows
     (the MAC array never stalls then; all the ViT's K are 16 or 64).
 ``vitcod`` (softmax attention, dense or masked) -- :func:`vitcod_head_cycles`. SpMM phase:
-    ``spmm_schedule`` of ``tests/test_vitcod_rtl.py`` (pinned cycle-exact against the RTL
-    there; copied here, the test checks the copy), extended by the normaliser slots (a row is
-    handed off only when the slot in turn is free, which the ULX3S config's single normaliser
-    makes matter). SDDMM phase, LOAD phase and the normaliser tail derived from
+    :func:`vitaccel.golden.vitcod.spmm_schedule` (pinned cycle-exact against the RTL by
+    ``tests/test_vitcod_rtl.py``), with the normaliser slots (a row is handed off only when the
+    slot in turn is free, which the ULX3S config's single normaliser makes matter). SDDMM phase, LOAD phase and the normaliser tail derived from
     ``rtl/vitcod/core.py``; all four reproduce ``sddmm_cycles``, ``spmm_cycles`` and
     ``cycles_total`` of all 36 heads in ``benchmarks/results/vitcod.json`` (8 x 8 lines, six
     normalisers). The single-normaliser hand-off rule, the G = 0 (all-sparse) case and empty
@@ -235,7 +234,6 @@ def _latency(component) -> int:
 # ------------------------------------------------------------------------------------------------
 #: rows' done bits are seen this many cycles after an engine's last issue for the row
 #: (``spmm_schedule``'s ``pipe``; rtl/vitcod/core.py, phase 2 with stage 1r)
-_VITCOD_DONE = 9
 #: SDDMM: cycles from an engine's last issue to the end of the drain (incl. the SDDMM state's
 #: exit cycle); the Sparser engine then writes its last group's r scores one per cycle. Derived
 #: from rtl/vitcod/core.py (issue -> requantiser -> score write -> row-max read-modify-write,
@@ -247,57 +245,6 @@ _VITCOD_SDDMM_DRAIN = 18
 _VITCOD_OUT_TAIL = 9
 #: command handshake before LOAD (IDLE, CMD_PRODUCTS, CMD_CHECK, CMD_ACCEPT)
 _VITCOD_CMD = 4
-
-
-def _spmm_schedule(cnt, f, dgroups, lines_s, ready_delay, normalisers):
-    """``spmm_schedule`` of tests/test_vitcod_rtl.py (the cycle model of the core's SpMM phase),
-    extended by the normaliser slots: a row is handed off only when its slot (round-robin over
-    ``normalisers``) is free; the slot's reciprocal result lets its row stream out ``ready_delay
-    [row]`` cycles after the hand-off, one chunk per cycle and one row after the other (a
-    single product stage); the slot is free again once its last chunk has been fed. With enough
-    slots this is ``spmm_schedule`` unchanged. Returns (SpMM cycles, dense issue cycles, sparse
-    issue cycles, cycle the last chunk is fed), times from the first SPMM cycle."""
-    n, w, pipe = len(cnt), min(lines_s, f), _VITCOD_DONE
-    y = dgi = dc = xa = p = c0 = hand = 0
-    pend, done_d, done_s = int(cnt[0]), {}, {}
-    t = spmm = busy_d = busy_s = 0
-    free = [0] * normalisers               # cycle from which the slot takes a row
-    feed_end = -1                          # cycle after the previous row's last chunk
-    last_feed = 0
-    while hand < n:
-        if t > 10 ** 7:                    # pragma: no cover - a bug, not an input error
-            raise RuntimeError("the ViTCoD SpMM schedule does not terminate")
-        lo = hand
-        spmm += not (y == n and xa == n)
-        if y < n and y <= lo + 1:
-            busy_d += dgroups > 0
-            if dgroups == 0 or (dc == f - 1 and dgi == dgroups - 1):
-                done_d[y], y, dgi, dc = t + pipe, y + 1, 0, 0
-            elif dc == f - 1:
-                dc, dgi = 0, dgi + 1
-            else:
-                dc += 1
-        if xa < n and xa <= lo + 1:
-            left = pend - p
-            n_a = w if left >= 2 else min(w, f - c0)
-            b_exists = xa + 1 < n and cnt[xa + 1] > 0
-            go = left > 0 and (n_a == w or not b_exists or xa <= lo)
-            if left <= 0 or (go and left == 1 and n_a == f - c0):
-                done_s[xa], xa = t + pipe, xa + 1
-                pend += int(cnt[xa]) if xa < n else 0
-            if go:
-                busy_s += 1
-                n_b = w - n_a if n_a < w and b_exists else 0
-                p, c0 = (p + 1, c0 + n_a + n_b - f) if c0 + n_a + n_b >= f else (p, c0 + n_a + n_b)
-        if done_d.get(hand, t + 1) <= t and done_s.get(hand, t + 1) <= t \
-                and free[hand % normalisers] <= t:
-            feed = max(t + ready_delay[hand], feed_end)
-            feed_end = feed + f
-            free[hand % normalisers] = feed_end
-            last_feed = feed + f - 1
-            hand += 1
-        t += 1
-    return spmm, busy_d, busy_s, last_feed
 
 
 @functools.lru_cache(maxsize=None)
@@ -333,7 +280,7 @@ def vitcod_head_cycles(mask, d: int, cfg=None) -> dict:
     * SDDMM: Denser engine ceil(G / lines_d) N f cycles, Sparser engine ceil(nnz / lines_s)
       max(f, lines_s) (f = ceil(d / MACs)); each + the drain, the Sparser engine's also + the
       size of its last group (its scores are written one per cycle).
-    * SpMM + normalise: :func:`_spmm_schedule`; a row's reciprocal takes the Reciprocal's
+    * SpMM + normalise: :func:`vitaccel.golden.vitcod.spmm_schedule`; a row's reciprocal takes the Reciprocal's
       latency (2 for a row with no kept key), its slot streams the row out 2 cycles after that.
     """
     u = units.get("vitcod")
@@ -373,7 +320,7 @@ def vitcod_head_cycles(mask, d: int, cfg=None) -> dict:
     lat = _vitcod_recip_latency(cfg)
     kept_row = (~mask).any(axis=1)
     ready = [2 + (lat if k else _DIVIDE_BY_ZERO_LATENCY) for k in kept_row]
-    spmm, busy_d, busy_s, last_feed = _spmm_schedule(np.diff(cm.row_ptr), f, dg, ls, ready,
+    spmm, busy_d, busy_s, last_feed = _gv.spmm_schedule(np.diff(cm.row_ptr), f, dg, ls, ready,
                                                      cfg.normalisers)
     total = _VITCOD_CMD + load + sddmm + last_feed + _VITCOD_OUT_TAIL
     return {"load": load, "sddmm": sddmm, "spmm": spmm, "total": total, "g": cm.g,

@@ -93,6 +93,7 @@ def evaluate(variants=DEFAULT_VARIANTS, images=None, labels=None, calibration_im
                     progress(f"[eval {variant}] {min(i + batch, len(images))}/{len(images)} "
                              f"images ({time.time() - t0:.0f} s)")
             stats = {"tokens": np.concatenate(tok), **agg}
+            row["layer_errors"] = Q.layer_errors(model, params, images[:64])
             top1 = float((np.concatenate(preds) == labels).mean())
             row["float_top1_own_weights"] = _float_top1(cfg, params, variant, images, labels,
                                                         batch, jobs)

@@ -49,7 +49,8 @@ from vitaccel.golden.fixedpoint import Requant, quantize_multiplier, requantize,
 from vitaccel.golden.gemm import gemm
 
 __all__ = ["LN_FRAC", "RESIDUAL_BITS", "MIN_CALIBRATION_IMAGES", "ATTENTION", "IntViT",
-           "calibrate", "variant_attention", "load_calibration_images", "variant_params", "build"]
+           "calibrate", "variant_attention", "load_calibration_images", "variant_params", "build",
+           "layer_errors"]
 
 #: Fraction bits of the block LayerNorm outputs (int8): |y| < 4 unsaturated, 1/32 resolution.
 LN_FRAC = 5
@@ -556,3 +557,29 @@ def build(variant: str, calibration_images=None, weights_dir=None, **kw) -> IntV
     if calibration_images is None:
         calibration_images = load_calibration_images()
     return calibrate(cfg, params, variant, calibration_images, **kw)
+
+
+def layer_errors(model: IntViT, params: dict, images) -> list[dict]:
+    """Per-layer checkpoints: after every block, the relative L2 error of the integer residual
+    stream (dequantised) against the float model of the same variant on ``images``: over the
+    CLS token (always present) and over every token (when no selector changed the token set).
+    Where the integer model parts from the float one shows here first."""
+    cfg = model.cfg
+    kind = model.attention
+    mode = {"softmax": "softmax", "vitcod": "mask", "vitality": "taylor", "fact": "topk"}[kind]
+    cf, ci = {}, {}
+    V.forward_float(cfg, params, images, mode, model.selectors, checkpoints=cf)
+    model.forward(images, checkpoints=ci)
+    out = []
+    for i in range(cfg.depth):
+        f, q = cf[f"block{i}"], ci[f"block{i}"]
+        if isinstance(q, list):
+            q_cls = np.stack([x[0] for x in q])
+        else:
+            q_cls = q[:, 0]
+        row = {"block": i, "cls_rel_error": float(np.linalg.norm(q_cls - f[:, 0]) /
+                                                  np.linalg.norm(f[:, 0]))}
+        if not isinstance(q, list):
+            row["rel_error"] = float(np.linalg.norm(q - f) / np.linalg.norm(f))
+        out.append(row)
+    return out
