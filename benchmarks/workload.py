@@ -36,6 +36,8 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="+", default=list(E.DEFAULT_VARIANTS))
     ap.add_argument("--rtl-images", type=int, default=2, help="test images replayed on the RTL")
     ap.add_argument("--no-rtl", action="store_true", help="skip the RTL replay")
+    ap.add_argument("--merge", action="store_true",
+                    help="re-evaluate only --variants and merge them into the saved workload.json")
     ap.add_argument("--rtl-only", action="store_true",
                     help="only the RTL replay, added to the saved workload.json")
     ap.add_argument("--sim", default="verilator", choices=("verilator", "icarus"))
@@ -51,6 +53,18 @@ def main(argv=None):
     else:
         rows = E.evaluate(args.variants, images, labels, calib, progress=common.progress,
                           jobs=args.jobs)
+        if args.merge:             # replace those variants' rows in the saved evaluation
+            saved = json.loads((RESULTS / "workload.json").read_text())
+            new = {r["variant"]: r for r in rows}
+            base = next((r for r in saved["rows"] if r["variant"] == "float"), None)
+            for r in rows:
+                if base is not None:
+                    r["delta_vs_float"] = r["top1"] - base["top1"]
+                    r["macs_vs_float"] = r["macs_per_image"] / base["macs_per_image"]
+                    if r["variant"] in E.TARGETS:
+                        r["target_drop"] = E.TARGETS[r["variant"]]
+                        r["target_met"] = bool(-r["delta_vs_float"] * 100 <= r["target_drop"] + 1e-9)
+            rows = [new.pop(r["variant"], r) for r in saved["rows"]] + list(new.values())
         out = {"data": what, "calibration": f"first {len(calib)} Fashion-MNIST training images",
                "rows": rows}
     # pictures

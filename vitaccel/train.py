@@ -5,8 +5,8 @@ scratch; ``heatvit``, ``vitcod``, ``vitality`` and ``fact`` fine-tune ``float.np
 paper's technique in the loop, distilled from the float model:
 
 * ``heatvit``: token selectors (the ``heatvit`` unit's float form) before the blocks in
-  ``ViTConfig.selector_blocks``; keep decisions are Gumbel-sigmoid samples of the unit's decision
-  logit ``sum_i w_i (z0 - z1)``, hard in the forward pass and soft in the backward pass
+  ``ViTConfig.selector_blocks``; keep decisions are the unit's own rule, decision logit
+  ``sum_i w_i (z0 - z1) > 0``, hard in the forward pass and a sigmoid in the backward pass
   (straight-through); dropped tokens are masked out of attention and merged into a package token
   (the unit's keep-score-weighted mean), and a keep-ratio loss pulls each stage towards its
   target (DynamicViT / HeatViT);
@@ -120,12 +120,12 @@ def _selector(sp, x, alive, cfg, key, train):
     hw = jax.nn.sigmoid(_gelu(mu @ sp["v1"].T + sp["c1"]) @ sp["v2"].T + sp["c2"])
     logit = (hw * dz).sum(-1)
     pi = (hw * jax.nn.sigmoid(dz)).sum(-1) / hw.sum(-1)
-    if train:
-        u01 = jax.random.uniform(key, logit.shape, minval=1e-6, maxval=1 - 1e-6)
-        soft = jax.nn.sigmoid(logit + jnp.log(u01) - jnp.log1p(-u01))
-    else:
-        soft = jax.nn.sigmoid(logit)
-    hard = (soft > 0.5).astype(x.dtype)
+    # The unit keeps a token iff the logit is > 0, so training uses that very decision in the
+    # forward pass (straight-through: the sigmoid's gradient in the backward pass). Gumbel noise
+    # on the decision (tried first) let the keep-ratio loss be met by the noise alone: the
+    # trained logits were all positive and the noise-free selectors kept every token.
+    soft = jax.nn.sigmoid(logit)
+    hard = (logit > 0).astype(x.dtype)
     keep = (hard + soft - jax.lax.stop_gradient(soft)) * cand * (1.0 - pkg_slot)
     dropped = cand - keep                                # candidates not kept (incl. a package)
     wgt = dropped * pi
