@@ -121,6 +121,10 @@ def test_vitality_within_its_bound_on_real_tensors_with_the_calibrated_g_shift(m
     assert too_small_saturates
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect, issue #18 open: the trained selectors' decision logits sum_i w_i (z0 - z1) "
+    "lie within about +-0.01, below the unit's Q8 logit resolution (1/256), so the integer "
+    "selector agrees with its float reference on only 91.5 % of real tokens (stated: 97 %)"))
 def test_heatvit_selector_decisions_agree_with_its_float_reference(models):
     """The heatvit unit's stated agreement on real tokens: >= 97 % of keep decisions equal the
     float selector's on the same int8 tokens; disagreements are near-ties."""
