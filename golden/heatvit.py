@@ -74,7 +74,8 @@ from .fixedpoint import (check_int_array, div_round, quantize_multiplier, recipr
 
 __all__ = ["Params", "Weights", "WEIGHT_FIELDS", "random_weights", "from_state_dict",
            "load_weights", "save_weights", "derive", "gelu_q", "sigmoid_q", "layernorm_q",
-           "isqrt", "inv_sqrt", "selector_int", "selector_float", "gelu_float", "gelu_constants"]
+           "isqrt", "inv_sqrt", "selector_int", "selector_float", "gelu_float", "gelu_constants",
+           "quantize_tensor", "quantize_bias"]
 
 # Fixed-point formats of the internal signals (fractional bits).
 LN_R = 22          # inverse square root r = 2^LN_R / sqrt(v)
@@ -217,7 +218,7 @@ class Weights:
         return a[0 if a.shape[0] == 1 else i]
 
 
-def _quant_tensor(w: np.ndarray):
+def quantize_tensor(w: np.ndarray):
     """Symmetric per-tensor int8: scale = max|w| / 127 (1.0 for an all-zero tensor)."""
     peak = float(np.max(np.abs(w))) if w.size else 0.0
     scale = peak / 127.0 if peak > 0 else 1.0
@@ -225,7 +226,7 @@ def _quant_tensor(w: np.ndarray):
     return q, scale
 
 
-def _quant_bias(b: np.ndarray, scale: float) -> np.ndarray:
+def quantize_bias(b: np.ndarray, scale: float) -> np.ndarray:
     return np.clip(np.floor(b / scale + 0.5), -(2 ** 31), 2 ** 31 - 1).astype(np.int64)
 
 
@@ -234,12 +235,12 @@ def _quantize(cfg, f: dict) -> Weights:
     q = {}
     scales = {}
     for name in ("w1", "w2", "w3", "w4", "v1", "v2"):
-        q[name], scales[name + "_scale"] = _quant_tensor(np.asarray(f[name], dtype=np.float64))
+        q[name], scales[name + "_scale"] = quantize_tensor(np.asarray(f[name], dtype=np.float64))
     bias_scale = {"b1": 2.0 ** -LN_Y * scales["w1_scale"], "b2": cfg.u_scale * scales["w2_scale"],
                   "b3": cfg.a2_scale * scales["w3_scale"], "b4": cfg.a3_scale * scales["w4_scale"],
                   "c1": cfg.x_scale * scales["v1_scale"], "c2": cfg.hb_scale * scales["v2_scale"]}
     for name, s in bias_scale.items():
-        q[name] = _quant_bias(np.asarray(f[name], dtype=np.float64), s)
+        q[name] = quantize_bias(np.asarray(f[name], dtype=np.float64), s)
     return Weights(**q, **scales).check(cfg)
 
 

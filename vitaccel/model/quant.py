@@ -81,18 +81,6 @@ def _scale8(peak: float) -> float:
     return max(float(peak), 1e-8) / 127.0
 
 
-def _quant_weight(w):
-    w = np.asarray(w, np.float64)
-    peak = float(np.abs(w).max())
-    scale = peak / 127.0 if peak > 0 else 1.0
-    return np.clip(np.floor(w / scale + 0.5), -127, 127).astype(np.int64), scale
-
-
-def _quant_bias(b, scale):
-    return np.clip(np.floor(np.asarray(b, np.float64) / scale + 0.5), -(2 ** 31), 2 ** 31 - 1
-                   ).astype(np.int64)
-
-
 @dataclass
 class Linear:
     """int8 weight (in, out), int32 bias at ``in_scale * w_scale``."""
@@ -119,8 +107,8 @@ class Linear:
         if gamma is not None:
             b = b + np.asarray(beta, np.float64) @ w
             w = np.asarray(gamma, np.float64)[:, None] * w
-        wq, ws = _quant_weight(w)
-        return cls(wq, _quant_bias(b, in_scale * ws), in_scale, ws)
+        wq, ws = H.quantize_tensor(w)      # the selector weights' per-tensor int8 rule
+        return cls(wq.astype(np.int64), H.quantize_bias(b, in_scale * ws), in_scale, ws)
 
 
 @dataclass
