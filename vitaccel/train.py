@@ -9,12 +9,15 @@ paper's technique in the loop, distilled from the float model:
   ``sum_i w_i (z0 - z1) > 0``, hard in the forward pass and a sigmoid in the backward pass
   (straight-through); dropped tokens are masked out of attention and merged into a package token
   (the unit's keep-score-weighted mean), and a keep-ratio loss pulls each stage towards its
-  target (DynamicViT / HeatViT);
+  target (DynamicViT / HeatViT), and a hinge loss keeps decision logits at least
+  ``SELECTOR_MARGIN`` from 0, well above the unit's Q8 logit resolution;
 * ``vitcod``: fixed masks from the float model's own attention maps averaged over calibration
   images (:func:`vitaccel.golden.vitcod.prune_by_information`, ``theta_p`` searched for the target
   sparsity), then fine-tuned with the masks fixed;
 * ``vitality``: first-order Taylor attention with mean-centred keys in place of softmax;
-* ``fact``: each query row keeps only its ``ViTConfig.topk`` largest scores.
+* ``fact``: each query row keeps only its ``ViTConfig.topk`` largest scores;
+* ``heatvit+vitcod``: both at once, fine-tuned from ``heatvit.npz`` with the masks of
+  ``vitcod.npz`` (train those two first); the package token attends to and from every token.
 
 Everything is seeded; ``make train`` regenerates every shipped weight file. JAX runs on the CPU.
 """
@@ -40,6 +43,11 @@ from vitaccel.golden import fmnist
 from vitaccel.golden import vit as V
 
 SELECTOR_LN_EPS = V.SELECTOR_LN_EPS
+#: HeatViT training pushes every candidate's decision logit at least this far from 0 (a hinge
+#: loss, weight SELECTOR_MARGIN_WEIGHT per stage): 64 steps of the unit's Q8 logit, so int8
+#: tokens and the unit's rounding cannot flip a decision that float makes.
+SELECTOR_MARGIN = 0.25
+SELECTOR_MARGIN_WEIGHT = 1.0
 
 
 # --- parameters ---------------------------------------------------------------------------------
@@ -136,7 +144,11 @@ def _selector(sp, x, alive, cfg, key, train):
     alive = keep.at[:, 0].set(1.0).at[:, T - 1].set(any_dropped)
     n_cand = jax.lax.stop_gradient((cand * (1.0 - pkg_slot)).sum(1))
     kept_frac = (keep.sum(1)) / jnp.maximum(n_cand, 1.0)
-    return x, alive, kept_frac
+    # The unit decides on the logit in Q8 (1/256 steps): a logit within a few steps of 0 can
+    # flip between the float and the integer selector, so training keeps them away from 0.
+    tie = jax.nn.relu(SELECTOR_MARGIN - jnp.abs(logit)) * cand * (1.0 - pkg_slot)
+    tie_frac = tie.sum(1) / jnp.maximum(n_cand, 1.0) / SELECTOR_MARGIN
+    return x, alive, kept_frac, tie_frac
 
 
 def forward(params, images, cfg: V.ViTConfig, mode: str = "softmax", selectors: bool = False,
@@ -154,14 +166,15 @@ def forward(params, images, cfg: V.ViTConfig, mode: str = "softmax", selectors: 
         alive = jnp.concatenate([alive, jnp.zeros((B, 1), x.dtype)], 1)
         T += 1
     h, dh = cfg.heads, cfg.head_dim
-    kept, maps = [], []
+    kept, ties, maps = [], [], []
     stage = 0
     for i in range(cfg.depth):
         if selectors and i in cfg.selector_blocks:
             sp = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(f"sel{stage}.")}
             key, sub = jax.random.split(key) if key is not None else (None, None)
-            x, alive, frac = _selector(sp, x, alive, cfg, sub, train)
+            x, alive, frac, tie = _selector(sp, x, alive, cfg, sub, train)
             kept.append(frac)
+            ties.append(tie)
             stage += 1
         p = f"blocks.{i}."
         a = _ln(x, params[p + "ln1.g"], params[p + "ln1.b"], cfg.ln_eps)
@@ -170,21 +183,26 @@ def forward(params, images, cfg: V.ViTConfig, mode: str = "softmax", selectors: 
         if want_attention:
             s = q @ jnp.swapaxes(k, -1, -2) / math.sqrt(dh)
             maps.append(jax.nn.softmax(s, -1))
-        o = _attention(q, k, v, mode, params["mask"][i] if mode == "mask" else None, cfg.topk, alive)
+        mask = None
+        if mode == "mask":      # a package slot beyond the mask attends to and from every token
+            pad = T - params["mask"].shape[-1]
+            mask = jnp.pad(params["mask"][i], ((0, 0), (0, pad), (0, pad)))
+        o = _attention(q, k, v, mode, mask, cfg.topk, alive)
         x = x + o.transpose(0, 2, 1, 3).reshape(B, T, cfg.dim) @ params[p + "proj.w"] + params[p + "proj.b"]
         a = _ln(x, params[p + "ln2.g"], params[p + "ln2.b"], cfg.ln_eps)
         x = x + _gelu(a @ params[p + "fc1.w"] + params[p + "fc1.b"]) @ params[p + "fc2.w"] + params[p + "fc2.b"]
     a = _ln(x[:, 0], params["ln.g"], params["ln.b"], cfg.ln_eps)
-    return a @ params["head.w"] + params["head.b"], {"kept": kept, "attention": maps}
+    return a @ params["head.w"] + params["head.b"], {"kept": kept, "ties": ties, "attention": maps}
 
 
 # --- data ---------------------------------------------------------------------------------------
 
-def _augment(rng, imgs):
-    """Random 2-pixel shift (zero-padded crop) and horizontal flip, on float images."""
+def _augment(rng, imgs, shift: int = 2):
+    """Random shift by up to `shift` pixels (zero-padded crop) and horizontal flip, on float
+    images."""
     B = len(imgs)
-    pad = np.pad(imgs, ((0, 0), (2, 2), (2, 2)), constant_values=-1.0)
-    dy, dx = rng.integers(0, 5, B), rng.integers(0, 5, B)
+    pad = np.pad(imgs, ((0, 0), (shift, shift), (shift, shift)), constant_values=-1.0)
+    dy, dx = rng.integers(0, 2 * shift + 1, B), rng.integers(0, 2 * shift + 1, B)
     rows = dy[:, None] + np.arange(28)[None]
     cols = dx[:, None] + np.arange(28)[None]
     out = pad[np.arange(B)[:, None, None], rows[:, :, None], cols[:, None, :]]
@@ -242,7 +260,7 @@ def derive_masks(attn: np.ndarray, sparsity: float) -> tuple[np.ndarray, float]:
 
 def train(variant: str, epochs: int, out: Path, seed: int = 0, lr: float | None = None,
           batch: int = 256, data_dir=None, sparsity: float = 0.9, log=print,
-          init=None) -> dict:
+          init=None, shift: int = 2) -> dict:
     cfg = V.ViTConfig()
     folder = fmnist.find_data_dir(data_dir)
     if folder is None:
@@ -251,7 +269,8 @@ def train(variant: str, epochs: int, out: Path, seed: int = 0, lr: float | None 
     xtr, ytr = fmnist.load_split(folder, "train")
     xte, yte = fmnist.load_split(folder, "test")
     mode, sel = MODES[variant]
-    meta = {"seed": seed, "epochs": epochs, "batch": batch, "data": "Fashion-MNIST train (60,000)"}
+    meta = {"seed": seed, "epochs": epochs, "batch": batch, "augment_shift": shift,
+            "data": "Fashion-MNIST train (60,000)"}
     teacher = None
     if variant == "float":
         params = init_params(cfg, seed)
@@ -266,7 +285,18 @@ def train(variant: str, epochs: int, out: Path, seed: int = 0, lr: float | None 
         teacher = {k: jnp.asarray(v) for k, v in base.items()}
         params = {**init_params(cfg, seed, variant), **base}
         lr = lr or 5e-4
-        if variant == "vitcod":
+        if variant == "heatvit+vitcod":
+            for part in ("heatvit", "vitcod"):
+                path = out.parent / f"{part}.npz"
+                if not path.is_file():
+                    raise SystemExit(f"heatvit+vitcod fine-tunes {part}.npz: train {part} first "
+                                     f"(no {path})")
+            _, params, _ = V.load_params("heatvit", out.parent / "heatvit.npz")
+            _, masked, vmeta = V.load_params("vitcod", out.parent / "vitcod.npz")
+            params = {**params, "mask": masked["mask"]}
+            meta.update(theta_p=vmeta.get("theta_p"), sparsity=float(masked["mask"].mean()),
+                        mask_calibration="the masks of vitcod.npz")
+        elif variant == "vitcod":
             calib = xtr[:1024]
             attn = average_attention(teacher, cfg, calib)
             params["mask"], theta = derive_masks(attn, sparsity)
@@ -279,7 +309,10 @@ def train(variant: str, epochs: int, out: Path, seed: int = 0, lr: float | None 
     trainable = {k: jnp.asarray(v) for k, v in params.items() if k != "mask"}
     steps_per_epoch = len(xtr) // batch
     total = steps_per_epoch * epochs
-    warm = min(steps_per_epoch * (2 if variant == "float" else 0) + 100, total // 4)
+    # A fresh float model warms up for two epochs; fine-tuning and a continued cycle need only
+    # enough steps for Adam's moment estimates to settle.
+    warm_epochs = 2 if variant == "float" and init is None else 0
+    warm = min(steps_per_epoch * warm_epochs + 100, total // 4)
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, warm, total, lr * 0.01)
     decay_mask = {k: (v.ndim >= 2 and k not in ("pos",)) for k, v in trainable.items()}
     opt = optax.chain(optax.clip_by_global_norm(1.0),
@@ -300,6 +333,7 @@ def train(variant: str, epochs: int, out: Path, seed: int = 0, lr: float | None 
         if sel:
             kept = jnp.stack([k.mean() for k in aux["kept"]])
             loss = loss + 2.0 * ((kept - targets) ** 2).sum()
+            loss = loss + SELECTOR_MARGIN_WEIGHT * jnp.stack([t.mean() for t in aux["ties"]]).sum()
         return loss, ((logits.argmax(-1) == y).mean(), kept)
 
     @jax.jit
@@ -318,7 +352,7 @@ def train(variant: str, epochs: int, out: Path, seed: int = 0, lr: float | None 
         losses, accs, kepts = [], [], []
         for s in range(steps_per_epoch):
             idx = order[s * batch:(s + 1) * batch]
-            xb = _augment(rng, xtr_f[idx]).astype(np.float32)
+            xb = _augment(rng, xtr_f[idx], shift).astype(np.float32)
             key, sub = jax.random.split(key)
             trainable, state, loss, acc, kept = step(trainable, state, xb,
                                                      ytr[idx].astype(np.int32), sub)
@@ -381,6 +415,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="output .npz (default: the shipped weight file)")
     ap.add_argument("--init", default=None, help="float only: continue from this weight file "
                     "(one more warm-up + cosine cycle) instead of a fresh initialisation")
+    ap.add_argument("--shift", type=int, default=2, help="augmentation: random shift of up to "
+                    "this many pixels (plus a horizontal flip); 0 disables the shift")
     args = ap.parse_args(argv)
     epochs = args.epochs or (30 if args.variant == "float" else 4)
     out = Path(args.out) if args.out else V.WEIGHTS_DIR / f"{args.variant}.npz"
@@ -389,7 +425,7 @@ def main(argv=None):
         stamp(out)
         return
     train(args.variant, epochs, out, seed=args.seed, lr=args.lr, data_dir=args.data,
-          sparsity=args.sparsity, init=args.init)
+          sparsity=args.sparsity, init=args.init, shift=args.shift)
 
 
 if __name__ == "__main__":

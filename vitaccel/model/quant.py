@@ -518,8 +518,9 @@ def calibrate(cfg: V.ViTConfig, params: dict, variant: str, images,
 
 
 def variant_params(variant: str, weights_dir=None) -> tuple[V.ViTConfig, dict]:
-    """The shipped float weights of an evaluation variant: ``int8`` uses ``float.npz``, a unit its
-    own fine-tuned file, ``heatvit+vitcod`` the heatvit weights with the vitcod masks."""
+    """The shipped float weights of an evaluation variant: ``int8`` uses ``float.npz``, a unit or
+    a combination trained together (``heatvit+vitcod``) its own fine-tuned file; a combination
+    without one takes the heatvit weights with the other unit's masks."""
     from pathlib import Path
     folder = Path(weights_dir) if weights_dir is not None else V.WEIGHTS_DIR
     parts = variant.split("+")
@@ -527,6 +528,9 @@ def variant_params(variant: str, weights_dir=None) -> tuple[V.ViTConfig, dict]:
         if p not in ATTENTION and p != "float":
             raise ValueError(f"unknown variant {p!r} in {variant!r}; known: float, "
                              f"{', '.join(ATTENTION)}")
+    if variant in V.VARIANTS and (folder / f"{variant}.npz").is_file():   # trained as one
+        cfg, params, _ = V.load_params(variant, folder / f"{variant}.npz")
+        return cfg, dict(params)
     base = "float" if parts == ["int8"] or parts == ["float"] else \
         ("heatvit" if "heatvit" in parts else parts[0])
     cfg, params, _ = V.load_params(base, folder / f"{base}.npz")
