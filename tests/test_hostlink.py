@@ -305,3 +305,43 @@ def test_ports_mode_exposes_the_unit_interface():
     assert set(link.unit.signature.members) == {"x", "y", "k", "busy", "error"}
     Fragment.get(link, None)                         # elaborates without the unit inside
     unit._MustUse__silence = True
+
+
+@pytest.mark.parametrize("mode", ["busy", "span"])
+def test_cycle_counter_modes(mode):
+    """busy: cycles with ``busy`` high; span: first ``started`` to latest ``finished``, both
+    inclusive (idle time after the last ``finished`` is not counted); ``clear`` restarts."""
+    from vitaccel.boards.hostlink import CycleCounter
+    dut = CycleCounter(mode)
+
+    async def pulse(ctx, port, cycles=1):
+        ctx.set(port, 1)
+        await ctx.tick().repeat(cycles)
+        ctx.set(port, 0)
+
+    async def bench(ctx):
+        await ctx.tick().repeat(3)
+        assert ctx.get(dut.value) == 0
+        if mode == "busy":
+            await pulse(ctx, dut.busy, 5)
+            await ctx.tick().repeat(4)
+            await pulse(ctx, dut.busy, 2)
+            assert ctx.get(dut.value) == 7
+        else:
+            await pulse(ctx, dut.started)              # cycle 0
+            await ctx.tick().repeat(4)
+            await pulse(ctx, dut.finished)             # cycle 5
+            assert ctx.get(dut.value) == 6
+            await ctx.tick().repeat(10)
+            await pulse(ctx, dut.started)              # a later input changes nothing
+            assert ctx.get(dut.value) == 6
+            await pulse(ctx, dut.finished)             # cycle 17
+            assert ctx.get(dut.value) == 18
+        await pulse(ctx, dut.clear)
+        await ctx.tick().repeat(3)
+        assert ctx.get(dut.value) == 0
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
