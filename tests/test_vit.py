@@ -44,10 +44,10 @@ def test_numpy_forward_matches_the_trained_jax_model(variant):
 
 def test_float_model_accuracy():
     cfg, params, meta = V.load_params("float")
-    # A regression guard at the shipped model's measured accuracy: 88.90 % on the 10,000 test
-    # images after 25 epochs (the 90 % target is NOT met yet; README says so), 90.4 %
-    # on the shipped 1,000-image subset.
-    assert meta["test_top1_jax"] >= 0.885
+    # The target: >= 90 % top-1 on the 10,000 test images, as measured by the training
+    # run that wrote the file (90.68 %: 25 epochs, then a second cosine cycle of 12); the
+    # NumPy forward on the shipped 1,000-image subset (90.8 %) checks the weights as shipped.
+    assert meta["test_top1_jax"] >= 0.90
     images, labels = fmnist.load_subset()
     top1 = (V.forward_float(cfg, params, images).argmax(1) == labels).mean()
     assert top1 >= 0.90
