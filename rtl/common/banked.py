@@ -36,11 +36,13 @@ Memory read port).
 from __future__ import annotations
 
 from amaranth.hdl import (Array, Cat, ClockSignal, Const, Elaboratable, Instance, Module, Mux,
-                          Signal, Value, unsigned)
-from amaranth.lib import data, wiring
+                          Signal, unsigned)
+from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
+
+from vitaccel.rtl.common.delay import delay
 
 __all__ = ["BankedMemory", "DP16KDModel"]
 
@@ -103,19 +105,11 @@ class BankedMemory(wiring.Component):
         ``en``), so they meet that read's ``read.data``. Returns the dict of the last stage's
         registers and a signal that is high while any stage holds a value whose name is
         ``"valid"`` (when there is one)."""
+        chains = {key: delay(m, value, cls.LATENCY, en=en, name=f"{name}_{key}", stages=True)
+                  for key, value in values.items()}
         in_flight = Signal(name=f"{name}_in_flight")
-        stages_valid = []
-        for stage in range(cls.LATENCY):
-            regs = {key: (Signal.like(value, name=f"{name}_{key}{stage}")
-                          if isinstance(value, (Signal, data.View)) else
-                          Signal(Value.cast(value).shape(), name=f"{name}_{key}{stage}"))
-                    for key, value in values.items()}
-            with m.If(1 if en is None else en):
-                m.d.sync += [regs[key].eq(value) for key, value in values.items()]
-            values = regs
-            if "valid" in regs:
-                stages_valid.append(regs["valid"])
-        m.d.comb += in_flight.eq(Cat(*stages_valid).any() if stages_valid else 0)
+        m.d.comb += in_flight.eq(Cat(*chains["valid"]).any() if "valid" in chains else 0)
+        values = {key: chain[-1] for key, chain in chains.items()}
         return values, in_flight
 
     def elaborate(self, platform):

@@ -26,6 +26,8 @@ from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from vitaccel.rtl.common.delay import delay
+
 __all__ = ["SystolicArray"]
 
 
@@ -62,15 +64,6 @@ class SystolicArray(wiring.Component):
         R, C, ow, aw = self.rows, self.cols, self.operand_width, self.acc_width
         en = self.en
 
-        def delay(value, steps, name):
-            """``value`` delayed by ``steps`` enabled steps; returns the last register."""
-            for k in range(steps):
-                reg = Signal.like(value, name=f"{name}_d{k}")
-                with m.If(en):
-                    m.d.sync += reg.eq(value)
-                value = reg
-            return value
-
         shadow = [[Signal(signed(ow), name=f"shadow_{r}_{c}") for c in range(C)] for r in range(R)]
         with m.If(en & self.load):
             for r in range(R):
@@ -78,11 +71,12 @@ class SystolicArray(wiring.Component):
                     m.d.sync += shadow[r][c].eq(self.tile[r][c])
 
         # Partial sums entering each column, skewed so they meet the operands of the same vector.
-        psum_top = [delay(Value.cast(self.i_psum[c]), c + 1, f"psum_in{c}") for c in range(C)]
+        psum_top = [delay(m, Value.cast(self.i_psum[c]), c + 1, en=en, name=f"psum_in{c}")
+                    for c in range(C)]
         psum = [[Signal(signed(aw), name=f"psum_{r}_{c}") for c in range(C)] for r in range(R)]
         for r in range(R):
-            x = delay(Value.cast(self.i_x[r]), r + 1, f"x_skew{r}")
-            tag = delay(self.i_tag & self.i_valid, r + 1, f"tag_skew{r}")
+            x = delay(m, Value.cast(self.i_x[r]), r + 1, en=en, name=f"x_skew{r}")
+            tag = delay(m, self.i_tag & self.i_valid, r + 1, en=en, name=f"tag_skew{r}")
             for c in range(C):
                 stat = Signal(signed(ow), name=f"stat_{r}_{c}")
                 weight = Mux(tag, shadow[r][c], stat)
@@ -99,20 +93,14 @@ class SystolicArray(wiring.Component):
                     x, tag = x_next, tag_next
 
         for c in range(C):
-            m.d.comb += self.o_y[c].eq(delay(psum[R - 1][c], C - 1 - c, f"y_deskew{c}"))
+            deskewed = delay(m, psum[R - 1][c], C - 1 - c, en=en, name=f"y_deskew{c}")
+            m.d.comb += self.o_y[c].eq(deskewed)
 
         # Valid and side information follow the vector through the whole latency.
-        valid_chain = []
-        value = self.i_valid
-        for k in range(self.latency):
-            reg = Signal(name=f"valid_d{k}")
-            with m.If(en):
-                m.d.sync += reg.eq(value)
-            valid_chain.append(reg)
-            value = reg
+        valid_chain = delay(m, self.i_valid, self.latency, en=en, name="valid", stages=True)
         m.d.comb += [
-            self.o_valid.eq(value),
-            self.o_side.eq(delay(self.i_side, self.latency, "side")),
+            self.o_valid.eq(valid_chain[-1]),
+            self.o_side.eq(delay(m, self.i_side, self.latency, en=en, name="side")),
             self.busy.eq(Cat(*valid_chain).any()),
         ]
         return m
