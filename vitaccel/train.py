@@ -45,7 +45,10 @@ from vitaccel.golden import vit as V
 SELECTOR_LN_EPS = V.SELECTOR_LN_EPS
 #: HeatViT training pushes every candidate's decision logit at least this far from 0 (a hinge
 #: loss, weight SELECTOR_MARGIN_WEIGHT per stage): 64 steps of the unit's Q8 logit, so int8
-#: tokens and the unit's rounding cannot flip a decision that float makes.
+#: tokens and the unit's rounding cannot flip a decision that float makes. The hinge is off for
+#: the first epoch and ramps up over the next: switched on from the start, it pushed the
+#: untrained selectors' logits (all near 0) away from 0 before the keep-ratio loss had shaped
+#: them, distillation favoured keeping, and the selectors ended up keeping every token.
 SELECTOR_MARGIN = 0.25
 SELECTOR_MARGIN_WEIGHT = 1.0
 
@@ -320,7 +323,7 @@ def train(variant: str, epochs: int, out: Path, seed: int = 0, lr: float | None 
     state = opt.init(trainable)
     targets = jnp.asarray(cfg.keep_ratios)
 
-    def loss_fn(tp, x, y, key):
+    def loss_fn(tp, x, y, key, margin_w):
         p = {**tp, **fixed}
         logits, aux = forward(p, x, cfg, mode, sel, key, train=True)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
@@ -333,12 +336,13 @@ def train(variant: str, epochs: int, out: Path, seed: int = 0, lr: float | None 
         if sel:
             kept = jnp.stack([k.mean() for k in aux["kept"]])
             loss = loss + 2.0 * ((kept - targets) ** 2).sum()
-            loss = loss + SELECTOR_MARGIN_WEIGHT * jnp.stack([t.mean() for t in aux["ties"]]).sum()
+            loss = loss + margin_w * jnp.stack([t.mean() for t in aux["ties"]]).sum()
         return loss, ((logits.argmax(-1) == y).mean(), kept)
 
     @jax.jit
-    def step(tp, st, x, y, key):
-        (loss, (acc, kept)), grads = jax.value_and_grad(loss_fn, has_aux=True)(tp, x, y, key)
+    def step(tp, st, x, y, key, margin_w):
+        (loss, (acc, kept)), grads = jax.value_and_grad(loss_fn, has_aux=True)(tp, x, y, key,
+                                                                                 margin_w)
         updates, st = opt.update(grads, st, tp)
         return optax.apply_updates(tp, updates), st, loss, acc, kept
 
@@ -354,8 +358,11 @@ def train(variant: str, epochs: int, out: Path, seed: int = 0, lr: float | None 
             idx = order[s * batch:(s + 1) * batch]
             xb = _augment(rng, xtr_f[idx], shift).astype(np.float32)
             key, sub = jax.random.split(key)
+            ramp = 1.0 if variant != "heatvit" else \
+                min(max((ep * steps_per_epoch + s) / steps_per_epoch - 1.0, 0.0), 1.0)
             trainable, state, loss, acc, kept = step(trainable, state, xb,
-                                                     ytr[idx].astype(np.int32), sub)
+                                                     ytr[idx].astype(np.int32), sub,
+                                                     np.float32(SELECTOR_MARGIN_WEIGHT * ramp))
             losses.append(float(loss))
             accs.append(float(acc))
             kepts.append(np.asarray(kept))

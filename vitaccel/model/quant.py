@@ -401,6 +401,11 @@ class IntViT:
     def select(self, j, x, has_package, capture=None, image=None):
         """HeatViT stage ``j`` on one image's residual rows ``x`` (N, D) -> new rows, keep."""
         st = self.stages[j]
+        if has_package and len(x) == 2:
+            # An earlier stage dropped every token: CLS and the package remain and there is
+            # nothing to decide (the unit needs a candidate besides the package; the float
+            # selector would pack the package into itself), so the stage passes them on.
+            return x, True, [0, -1]
         tok8 = np.asarray(requantize(x, st["rq_in"], 8), np.int64)
         r = H.selector_int(st["params"], st["weights"], tok8, has_package=has_package)
         keep = r["keep"]
