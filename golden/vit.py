@@ -37,12 +37,14 @@ __all__ = ["ViTConfig", "VARIANTS", "WEIGHTS_DIR", "param_shapes", "check_params
 #: ``<variant>.npz`` files (e.g. a retrained set from ``python -m vitaccel.train --out``).
 WEIGHTS_DIR = Path(os.environ.get("VITACCEL_WEIGHTS") or
                    Path(__file__).resolve().parent / "data" / "vit_fmnist")
-#: The weight sets, one per trained variant.
-VARIANTS = ("float", "heatvit", "vitcod", "vitality", "fact")
+#: The weight sets, one per trained variant (``heatvit+vitcod``: selectors and fixed masks
+#: fine-tuned together).
+VARIANTS = ("float", "heatvit", "vitcod", "vitality", "fact", "heatvit+vitcod")
 ATTENTION_MODES = ("softmax", "taylor", "mask", "topk")
 #: variant -> (attention mode, HeatViT selectors on)
 MODES = {"float": ("softmax", False), "heatvit": ("softmax", True), "vitcod": ("mask", False),
-         "vitality": ("taylor", False), "fact": ("topk", False)}
+         "vitality": ("taylor", False), "fact": ("topk", False),
+         "heatvit+vitcod": ("mask", True)}
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,8 @@ def param_shapes(cfg: ViTConfig, variant: str = "float") -> dict:
                   p + "qkv.b": (3 * D,), p + "proj.w": (D, D), p + "proj.b": (D,),
                   p + "ln2.g": (D,), p + "ln2.b": (D,), p + "fc1.w": (D, cfg.mlp),
                   p + "fc1.b": (cfg.mlp,), p + "fc2.w": (cfg.mlp, D), p + "fc2.b": (D,)})
-    if variant == "heatvit":
+    parts = variant.split("+")
+    if "heatvit" in parts:
         h, d = cfg.heads, cfg.head_dim
         for j in range(len(cfg.selector_blocks)):
             p = f"sel{j}."
@@ -134,7 +137,7 @@ def param_shapes(cfg: ViTConfig, variant: str = "float") -> dict:
                       p + "w4": (h, 2, d // 4), p + "b4": (h, 2),
                       p + "v1": (h // 2, h), p + "c1": (h // 2,), p + "v2": (h, h // 2),
                       p + "c2": (h,)})
-    if variant == "vitcod":
+    if "vitcod" in parts:
         s["mask"] = (cfg.depth, cfg.heads, cfg.tokens, cfg.tokens)
     return s
 
