@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """ViTCoD RTL (rtl/vitcod) == integer golden model, bit for bit, under random stalls.
 
 Amaranth simulator on small configs (every test seeded, stalls always on); Verilator runs of the
@@ -13,6 +14,7 @@ from vitaccel.golden import vitcod as gv
 from vitaccel.golden.vitcod import REAL_MASK_PATH, load_real_mask, toy_mask
 from vitaccel.golden.vitcod import spmm_schedule as gv_schedule
 from vitaccel.rtl.vitcod import (ERR_BAD_CMD, ERR_CSC, ERR_INDEX_RANGE, VitCoDCore, cmd_layout)
+from vitaccel.rtl.vitcod.core import SPMM_DONE_LATENCY
 from vitaccel.sim import amaranth_sim
 from vitaccel.sim.job import Job, StallProfile, pack_fields
 
@@ -270,11 +272,21 @@ def test_malformed_index_sets_flag_and_finishes(what, edit, flag):
     assert len(res.outputs["out"]) == 8 * 2          # every output beat still arrives
 
 
-def test_component_parameters_are_checked():
-    with pytest.raises(ValueError, match="lines"):
-        VitCoDCore(lines=1)
-    with pytest.raises(ValueError, match="n_max"):
-        VitCoDCore(n_max=300)
+def test_the_core_takes_the_units_config():
+    """One Config from the API to the RTL: the core keeps the validated Config (no second set
+    of range checks inside the RTL); out-of-range values are the Config's errors."""
+    cfg = u.demo_config()
+    core = VitCoDCore(cfg)           # not elaborated: this file silences UnusedElaboratable
+    assert core.cfg is cfg and core.out.payload.shape().length == cfg.macs_per_line
+    for field, value in (("lines", 1), ("n_max", 300), ("g_max", 17)):
+        with pytest.raises(ValueError, match=field):
+            dataclasses.replace(SMALL, **{field: value})
+
+
+def test_spmm_done_latency_is_the_cycle_models():
+    """The phase-2 pipeline depth that the cycle model assumes is the sum of the components'
+    latencies (operand fetch, MAC line, accumulator)."""
+    assert SPMM_DONE_LATENCY == gv.SPMM_DONE_LATENCY
 
 
 # --- Verilator ------------------------------------------------------------------------------

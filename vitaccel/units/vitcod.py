@@ -119,9 +119,7 @@ def board_config(board: str) -> Config:
 
 
 def component(cfg: Config) -> VitCoDCore:
-    return VitCoDCore(lines=cfg.lines, macs=cfg.macs_per_line, n_max=cfg.n_max,
-                      d_max=cfg.d_max, g_max=cfg.g_max, nnz_max=cfg.nnz_max,
-                      dense_groups_max=cfg.dense_groups_max, normalisers=cfg.normalisers)
+    return VitCoDCore(cfg)
 
 
 # --- inputs -------------------------------------------------------------------------------------
