@@ -12,7 +12,7 @@ from amaranth.lib.memory import Memory
 
 from vitaccel.golden import vitcod as gv
 from vitaccel.rtl.vitcod.csc_walker import CSCWalker
-from vitaccel.rtl.vitcod.layouts import read_port
+from vitaccel.rtl.vitcod.buffers import read_port
 
 from vitcod_bench import SMALL, command, config, set_run, simulate, stream_source, u
 

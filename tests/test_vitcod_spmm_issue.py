@@ -14,7 +14,7 @@ from amaranth.hdl import Module
 from amaranth.lib.memory import Memory
 
 from vitaccel.golden.vitcod import SPMM_DONE_LATENCY, spmm_schedule
-from vitaccel.rtl.vitcod.layouts import read_port
+from vitaccel.rtl.vitcod.buffers import read_port
 from vitaccel.rtl.vitcod.spmm_issue import DenserWalk, SparserPacker
 
 from vitcod_bench import config, set_run, simulate

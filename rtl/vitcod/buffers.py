@@ -20,7 +20,15 @@ from vitaccel.rtl.common.banked import BankedMemory
 from .layouts import (bank_depth, bank_layout, col_bits, dense_depth, entry_pos_layout,
                       entry_rc_layout, glob_depth, lane_layout, qkv_depth)
 
-__all__ = ["shared_buffers"]
+__all__ = ["shared_buffers", "read_port"]
+
+
+def read_port(m, consumer, port):
+    """Join a component's read-port member to a memory read port (``wiring.connect`` rejects an
+    asynchronous port, whose enable is the constant 1)."""
+    m.d.comb += [port.addr.eq(consumer.addr), consumer.data.eq(port.data)]
+    if port.domain != "comb":
+        m.d.comb += port.en.eq(consumer.en)
 
 
 def shared_buffers(m, cfg):

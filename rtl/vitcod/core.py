@@ -61,10 +61,10 @@ from vitaccel.rtl.common.delay import delay
 from vitaccel.rtl.common.requant import SHIFT_WIDTH
 
 from .accumulator import Accumulator
-from .buffers import shared_buffers
+from .buffers import read_port, shared_buffers
 from .csc_walker import CSCWalker
 from .layouts import (CMD_FIELD_BITS, ERR_BAD_CMD, ERR_CSC, ERR_INDEX_RANGE, cmd_layout,
-                      entry_word, glob_depth, lane_layout, read_port, run_layout, spmm_tag_layout)
+                      entry_word, glob_depth, lane_layout, run_layout, spmm_tag_layout)
 from .line import MacLine
 from .loader import RowLoader, WordLoader
 from .normaliser import Normaliser

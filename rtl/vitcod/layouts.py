@@ -16,7 +16,7 @@ from vitaccel.golden.vitcod import E_BITS, T_BITS
 
 __all__ = ["ERR_BAD_CMD", "ERR_CSC", "ERR_INDEX_RANGE", "CMD_FIELD_BITS", "cmd_layout",
            "entry_word", "run_layout", "run_constants", "qkv_depth", "dense_depth", "bank_depth", "glob_depth",
-           "col_bits", "qkv_addr", "read_port", "entry_rc_layout", "entry_pos_layout",
+           "col_bits", "qkv_addr", "entry_rc_layout", "entry_pos_layout",
            "lane_layout", "bank_layout", "sddmm_issue_layout", "dense_op_layout",
            "pair_layout", "score_tag_layout", "score_layout", "spmm_tag_layout", "line_tag_layout",
            "row_max_layout", "max_update_layout", "PRODUCT_BITS", "T_MIN"]
@@ -87,14 +87,6 @@ def qkv_addr(cfg, row, chunk):
     if fm & (fm - 1) == 0:
         return Cat(chunk[:ceil_log2(fm)], row)
     return row * fm + chunk
-
-
-def read_port(m, consumer, port):
-    """Join a component's read-port member to a memory read port (``wiring.connect`` rejects an
-    asynchronous port, whose enable is the constant 1)."""
-    m.d.comb += [port.addr.eq(consumer.addr), consumer.data.eq(port.data)]
-    if port.domain != "comb":
-        m.d.comb += port.en.eq(consumer.en)
 
 
 # --- the command while it runs ------------------------------------------------------------------

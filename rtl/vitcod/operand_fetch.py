@@ -97,12 +97,15 @@ class OperandFetch(wiring.Component):
             self.pos_rd.addr.eq(iss.s_kbase + ln - self.params.ld),
             self.q.eq(self.q_rd.data), self.k.eq(self.k_rd.data), self.v.eq(self.v_rd.data),
         ]
-        self._sddmm(m, dense)
-        self._spmm(m, dense, lut_rd)
+        s1_dactive, busy = self._sddmm(m, dense)
+        self._spmm(m, dense, lut_rd, s1_dactive)
+        m.d.comb += self.busy.eq(busy)
         return m
 
     def _sddmm(self, m, dense):
-        """Phase 1: stage 1 (Q/K addresses), stage 1b (Q/K read), the score's sideband."""
+        """Phase 1: stage 1 (Q/K addresses), stage 1b (Q/K read), the score's sideband.
+        Returns stage 1's "the line's global key is in range" (phase 2 uses it too) and "a
+        score is on its way"."""
         ln, p, iss = self.line, self.params, self.sddmm
         s1_v, s1_first, s1_last = Signal(), Signal(), Signal()
         s1_chunk = Signal(range(self.cfg.chunks_max + 1))
@@ -121,7 +124,6 @@ class OperandFetch(wiring.Component):
             ]
         with m.Else():
             m.d.sync += [s1_v.eq(0), s1_dactive.eq(self.dense_op.gbase + ln < p.g)]
-        self._s1_dactive = s1_dactive
         ent = self.ent_rd.data
         row1 = Signal(col_bits(self.cfg))
         col1 = Signal(col_bits(self.cfg))
@@ -141,9 +143,9 @@ class OperandFetch(wiring.Component):
             s1b.row.eq(Mux(dense, s1_drow, ent.row)),
         ]
         m.d.comb += self.score.eq(delay(m, s1b, 1, name="s2_score"))
-        self._busy_sddmm = s1_v | s1b.v | self.score.v
+        return s1_dactive, s1_v | s1b.v | self.score.v
 
-    def _spmm(self, m, dense, lut_rd):
+    def _spmm(self, m, dense, lut_rd, s1_dactive):
         """Phase 2: the line's score and row maxima -> x = m - t -> LUT and V reads."""
         pair, op = self.pair, self.dense_op
         # stage 1: the pair, the dense op, the selected row maxima
@@ -165,7 +167,7 @@ class OperandFetch(wiring.Component):
         # stage 1r: the score buffers answer
         s1r_pair = delay(m, s1_pair, 1, name="s1r_pair")
         s1r_bank = delay(m, s1_bank, 1, name="s1r_bank")
-        s1r_dactive = delay(m, self._s1_dactive, 1, name="s1r_dactive")
+        s1r_dactive = delay(m, s1_dactive, 1, name="s1r_dactive")
         s1r_gcol = delay(m, self.glob_rd.data, 1, name="s1r_gcol")
         s1r_d = delay(m, s1_d, 1, name="s1r_d")
         s1r_dchunk = delay(m, s1_dchunk, 1, name="s1r_dchunk")
@@ -203,4 +205,3 @@ class OperandFetch(wiring.Component):
         # stage 2b: the LUT's output meets a register only (V is read meanwhile)
         m.d.sync += [self.lut.eq(lut_rd.data), self.hi.eq(s2b_hi), self.eok.eq(s2b_ok)]
         m.d.comb += self.pair_tag.eq(delay(m, s1r_pair, 3, name="pair"))
-        m.d.comb += self.busy.eq(self._busy_sddmm)
