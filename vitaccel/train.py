@@ -24,6 +24,7 @@ Everything is seeded; ``make train`` regenerates every shipped weight file. JAX 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -267,8 +268,12 @@ def derive_masks(attn: np.ndarray, sparsity: float) -> tuple[np.ndarray, float]:
 
 def train(variant: str, epochs: int, out: Path, seed: int = 0, lr: float | None = None,
           batch: int = 256, data_dir=None, sparsity: float = 0.9, log=print,
-          init=None, shift: int = 2) -> dict:
+          init=None, shift: int = 2, keep: float | None = None) -> dict:
     cfg = V.ViTConfig()
+    if keep is not None:
+        if not 0.0 < keep < 1.0:
+            raise SystemExit(f"--keep must be in (0, 1), got {keep}")
+        cfg = dataclasses.replace(cfg, keep_ratios=(keep,) * len(cfg.selector_blocks))
     folder = fmnist.find_data_dir(data_dir)
     if folder is None:
         raise SystemExit("training needs the full Fashion-MNIST (apt install dataset-fashion-mnist, "
@@ -428,6 +433,8 @@ def main(argv=None):
                     "(one more warm-up + cosine cycle) instead of a fresh initialisation")
     ap.add_argument("--shift", type=int, default=2, help="augmentation: random shift of up to "
                     "this many pixels (plus a horizontal flip); 0 disables the shift")
+    ap.add_argument("--keep", type=float, default=None, help="heatvit: keep-ratio target of "
+                    "every selector stage (default: ViTConfig.keep_ratios)")
     args = ap.parse_args(argv)
     epochs = args.epochs or (30 if args.variant == "float" else 4)
     out = Path(args.out) if args.out else V.WEIGHTS_DIR / f"{args.variant}.npz"
@@ -436,7 +443,7 @@ def main(argv=None):
         stamp(out)
         return
     train(args.variant, epochs, out, seed=args.seed, lr=args.lr, data_dir=args.data,
-          sparsity=args.sparsity, init=args.init, shift=args.shift)
+          sparsity=args.sparsity, init=args.init, shift=args.shift, keep=args.keep)
 
 
 if __name__ == "__main__":
