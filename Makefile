@@ -72,7 +72,7 @@ train: $(TRAIN_STAMP)
 	$(TRAIN) vitality --epochs 3 $(if $(DATA),--data $(DATA))
 	$(TRAIN) vitcod --epochs 2 $(if $(DATA),--data $(DATA))
 	$(TRAIN) fact --epochs 1 $(if $(DATA),--data $(DATA))
-	$(TRAIN) heatvit --epochs 3 $(if $(DATA),--data $(DATA))
+	$(TRAIN) heatvit --epochs 3 --keep 0.75 $(if $(DATA),--data $(DATA))
 	$(TRAIN) heatvit+vitcod --epochs 2 $(if $(DATA),--data $(DATA))
 
 clean:
